@@ -1,0 +1,36 @@
+# loramill — the two commands that set up everything on a fresh machine:
+#   make demo   train a LoRA on sample images and generate with it, end to end
+#   make test   the whole test suite, real services included
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU machines take the local CPU wheel; any other torch request would download a multi-GB CUDA
+# build. GPU users: `make TORCH_SPEC=torch ...` (or install their CUDA torch into .venv first).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test services lint bench soak clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import torch, diffusers, peft, loramill" || (echo "install failed" && exit 1)
+	@touch $(STAMP)
+
+services:
+	bash scripts/install-services.sh
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP) services
+	LORAMILL_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy src/loramill
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

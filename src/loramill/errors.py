@@ -1,0 +1,75 @@
+"""The error tree every layer speaks.
+
+Adapters translate boto, Kafka, AMQP and SQL errors into these classes; the worker turns them into
+job events (``error.code`` / ``error.message``) and the API into HTTP statuses. ``code`` is stable:
+clients match on it.
+"""
+
+from __future__ import annotations
+
+
+class LoramillError(Exception):
+    """Base of every error loramill raises on purpose."""
+
+    code = "internal_error"
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidInput(LoramillError):
+    """The request, a file or an option is wrong; retrying the same input cannot help."""
+
+    code = "invalid_input"
+
+
+class NotFound(LoramillError):
+    """A job, LoRA, model or storage key does not exist (or belongs to someone else)."""
+
+    code = "not_found"
+
+
+class Conflict(LoramillError):
+    """The request contradicts the current state (a terminal job, an id already used differently)."""
+
+    code = "conflict"
+
+
+class DependencyMissing(LoramillError):
+    """An optional package is not installed; the message says how to install it."""
+
+    code = "dependency_missing"
+
+
+class UnsupportedHardware(LoramillError):
+    """The option needs hardware this machine lacks (CUDA for bf16, fp16, 8-bit AdamW)."""
+
+    code = "unsupported_hardware"
+
+
+class TransientError(LoramillError):
+    """A storage, broker or database hiccup: the same work may succeed if retried later."""
+
+    code = "transient"
+    retryable = True
+
+
+class Canceled(LoramillError):
+    """The job was canceled by its owner."""
+
+    code = "canceled"
+
+
+class Overloaded(LoramillError):
+    """The queue is over its configured limit; come back later."""
+
+    code = "overloaded"
+    retryable = True
