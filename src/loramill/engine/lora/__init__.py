@@ -1,1 +1,1 @@
-"""engine/lora."""
+"""LoRA files: the kohya and diffusers layouts, safe reading, and metadata."""

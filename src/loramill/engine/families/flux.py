@@ -1,0 +1,95 @@
+"""FLUX.1: CLIP (pooled) + T5 (sequence) text encoders and a rectified-flow transformer over packed
+2x2 latent patches, trained by flow matching with FLUX's guidance embedding and timestep shift."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from loramill.engine.families.base import ImageMeta, load_pipeline_of
+
+PIPELINE_CLASS = "FluxPipeline"
+DENOISER = "transformer"
+TEXT_ENCODERS = ("text_encoder",)  # T5 is never LoRA-trained here: its embeddings are always cached
+# Attention projections of the double- and single-stream blocks: the modules diffusers' FLUX LoRA
+# example trains, and the ones the kohya-style `lora_transformer_` layout describes.
+DEFAULT_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
+TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
+KOHYA_PREFIXES = {"transformer": "lora_transformer", "text_encoder": "lora_te1"}
+# 8x VAE compression and 2x2 packing: sides must be multiples of 16.
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 3.5
+RESOLUTION_MULTIPLE = 16
+MAX_SEQUENCE_LENGTH = 512
+
+
+def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
+    """Load a FLUX.1 pipeline from a diffusers folder, a single-file checkpoint or a hub id."""
+    from diffusers import FluxPipeline
+
+    return load_pipeline_of(FluxPipeline, source, dtype=dtype)
+
+
+def encode_prompts(pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """T5 sequence embeddings and CLIP's pooled embedding; text ids are rebuilt from the length."""
+    embeds, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, device=pipe.text_encoder.device,
+                                           num_images_per_prompt=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+def encode_images(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents, shifted and scaled as FLUX's transformer expects."""
+    latents = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
+    return (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+
+
+def shift_sigmas(sigmas: torch.Tensor, scheduler_config: Any, image_seq_len: int) -> torch.Tensor:
+    """FLUX's timestep shift: resolution-dependent (``use_dynamic_shifting``) or a fixed ``shift``."""
+    if scheduler_config.get("use_dynamic_shifting", False):
+        base_len = scheduler_config.get("base_image_seq_len", 256)
+        max_len = scheduler_config.get("max_image_seq_len", 4096)
+        base, top = scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15)
+        mu = base + (top - base) * (image_seq_len - base_len) / (max_len - base_len)
+        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+    shift = scheduler_config.get("shift", 1.0)
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+                    generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow matching: x_t = (1 - s) x0 + s noise; the transformer predicts the velocity noise - x0."""
+    b, c, h, w = latents.shape
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+    # Uniform sigmas in (0, 1), then shifted towards noise as FLUX's schedule does for this resolution.
+    u = torch.rand((b,), generator=generator).clamp(1e-4, 1 - 1e-4)
+    sigmas = shift_sigmas(u, pipe.scheduler.config, (h // 2) * (w // 2)).to(latents.device, latents.dtype)
+    s = sigmas.view(b, 1, 1, 1)
+    noisy = (1.0 - s) * latents + s * noise
+
+    packed = pipe._pack_latents(noisy, b, c, h, w)
+    img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+    embeds = cond["prompt_embeds"]
+    txt_ids = torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype)
+    guidance = None
+    if pipe.transformer.config.guidance_embeds:
+        guidance = torch.full((b,), float(options.get("guidance_scale", 1.0)), device=latents.device,
+                              dtype=latents.dtype)
+    pred = pipe.transformer(hidden_states=packed, timestep=sigmas, guidance=guidance,
+                            pooled_projections=cond["pooled_prompt_embeds"], encoder_hidden_states=embeds,
+                            txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+    pred = pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+    return pred, noise - latents
+
+
+def generation_kwargs(*, prompt: str, negative_prompt: str, steps: int, guidance: float, width: int,
+                      height: int, num_images: int, generator: torch.Generator) -> dict[str, Any]:
+    # FLUX.1-dev is guidance-distilled: `guidance_scale` feeds the guidance embedding; a negative prompt
+    # switches on true CFG, which doubles the cost, so it is used only when one is given.
+    kwargs = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width,
+                  height=height, num_images_per_prompt=num_images, generator=generator,
+                  max_sequence_length=MAX_SEQUENCE_LENGTH)
+    if negative_prompt:
+        kwargs.update(negative_prompt=negative_prompt, true_cfg_scale=max(guidance, 1.0))
+    return kwargs

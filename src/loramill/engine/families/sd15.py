@@ -1,0 +1,68 @@
+"""Stable Diffusion 1.5: one CLIP text encoder, a UNet trained on DDPM noise prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from loramill.engine.families.base import ImageMeta, add_noise_ddpm, ddpm_target, load_pipeline_of
+
+PIPELINE_CLASS = "StableDiffusionPipeline"
+DENOISER = "unet"
+TEXT_ENCODERS = ("text_encoder",)
+# The attention projections, as diffusers' and kohya's SD LoRA trainers default to.
+DEFAULT_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# Key prefixes of the kohya layout, per component (sd-scripts writes lora_te_ for SD 1.x).
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 7.5
+RESOLUTION_MULTIPLE = 8
+
+
+def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
+    """Load an SD 1.5 pipeline from a diffusers folder, a single-file checkpoint or a hub id."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load_pipeline_of(StableDiffusionPipeline, source, dtype=dtype)
+    pipe.safety_checker = None  # loramill produces training previews and user-requested images
+    return pipe
+
+
+def encode_prompts(pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """CLIP last hidden states, one row per prompt."""
+    embeds, _ = pipe.encode_prompt(prompts, pipe.text_encoder.device, 1, False)
+    return {"prompt_embeds": embeds}
+
+
+def encode_images(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents of images in [-1, 1], scaled as the UNet expects (the distribution's mean)."""
+    latents = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
+    return latents * pipe.vae.config.scaling_factor
+
+
+def _noise_scheduler(pipe: Any) -> Any:
+    from diffusers import DDPMScheduler
+
+    cached = getattr(pipe, "_loramill_ddpm", None)
+    if cached is None:
+        cached = DDPMScheduler.from_config(pipe.scheduler.config)
+        pipe._loramill_ddpm = cached
+    return cached
+
+
+def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+                    generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM: noise the latents at random timesteps; the UNet predicts the noise (or velocity)."""
+    scheduler = _noise_scheduler(pipe)
+    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator)
+    pred = pipe.unet(noisy, timesteps, encoder_hidden_states=cond["prompt_embeds"], return_dict=False)[0]
+    return pred, ddpm_target(scheduler, latents, noise, timesteps)
+
+
+def generation_kwargs(*, prompt: str, negative_prompt: str, steps: int, guidance: float, width: int,
+                      height: int, num_images: int, generator: torch.Generator) -> dict[str, Any]:
+    return dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                guidance_scale=guidance, width=width, height=height, num_images_per_prompt=num_images,
+                generator=generator)

@@ -1,0 +1,60 @@
+"""SDXL: two CLIP text encoders (hidden states concatenated, pooled embedding from the second),
+size and crop conditioning through time ids, and a UNet trained on DDPM noise prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from loramill.engine.families.base import ImageMeta, add_noise_ddpm, ddpm_target, load_pipeline_of
+from loramill.engine.families.sd15 import _noise_scheduler, encode_images  # noqa: F401  (same VAE handling)
+
+PIPELINE_CLASS = "StableDiffusionXLPipeline"
+DENOISER = "unet"
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+DEFAULT_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 5.0
+RESOLUTION_MULTIPLE = 8
+
+
+def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
+    """Load an SDXL pipeline from a diffusers folder, a single-file checkpoint or a hub id."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return load_pipeline_of(StableDiffusionXLPipeline, source, dtype=dtype)
+
+
+def encode_prompts(pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Both encoders' penultimate hidden states concatenated, and the second encoder's pooled output."""
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.text_encoder_2.device,
+                                              num_images_per_prompt=1, do_classifier_free_guidance=False)
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+def time_ids(meta: list[ImageMeta], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop top-left and target size of each image."""
+    rows = [list(m.original_size) + list(m.crop_top_left) + list(m.target_size) for m in meta]
+    return torch.tensor(rows, device=device, dtype=dtype)
+
+
+def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+                    generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM as SD 1.5, with pooled text embeddings and time ids as added conditioning."""
+    scheduler = _noise_scheduler(pipe)
+    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator)
+    added = {"text_embeds": cond["pooled_prompt_embeds"],
+             "time_ids": time_ids(meta, latents.device, cond["prompt_embeds"].dtype)}
+    pred = pipe.unet(noisy, timesteps, encoder_hidden_states=cond["prompt_embeds"],
+                     added_cond_kwargs=added, return_dict=False)[0]
+    return pred, ddpm_target(scheduler, latents, noise, timesteps)
+
+
+def generation_kwargs(*, prompt: str, negative_prompt: str, steps: int, guidance: float, width: int,
+                      height: int, num_images: int, generator: torch.Generator) -> dict[str, Any]:
+    return dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                guidance_scale=guidance, width=width, height=height, num_images_per_prompt=num_images,
+                generator=generator)

@@ -1,0 +1,1 @@
+"""Base models: tiny random-weight models of the real architectures, built locally for tests and demos."""

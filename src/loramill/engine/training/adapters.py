@@ -1,0 +1,67 @@
+"""Attaching trainable LoRA layers to a pipeline's models with peft, reading them out, and removing them.
+
+Removal matters: the worker keeps one base pipeline resident across jobs, so after a run every model
+must be exactly the base model again — no wrapper layers, no stale peft config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ADAPTER = "loramill_train"
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, target_modules: list[str]) -> list[torch.nn.Parameter]:
+    """Inject a fresh LoRA into ``model`` and return its trainable parameters (only those)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, init_lora_weights="gaussian",
+                        lora_dropout=0.0)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    if not params:
+        from loramill.errors import InvalidInput
+
+        raise InvalidInput(f"--target-modules {','.join(target_modules)} matched no layer of the model; "
+                           "use module names such as to_q,to_k,to_v,to_out.0", code="invalid_option",
+                           field="target_modules")
+    for p in params:
+        p.requires_grad_(True)
+        p.data = p.data.float()  # LoRA weights train in fp32 even on a half-precision base
+    return params
+
+
+def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights of ``model`` keyed by module path (``….to_q.lora_A.weight``), adapter name removed."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+
+
+def load_lora_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put saved LoRA weights back into ``model``'s injected adapter (for resume)."""
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        from loramill.errors import InvalidInput
+
+        raise InvalidInput(f"checkpoint weights do not fit the model ({len(missing)} unknown keys, e.g. {missing[0]})",
+                           code="checkpoint_mismatch", field="resume")
+
+
+def remove_lora(model: Any) -> None:
+    """Restore ``model`` to its base layers, dropping every injected adapter."""
+    from diffusers.utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(model)
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if hasattr(model, attr):
+            try:
+                delattr(model, attr)
+            except AttributeError:
+                setattr(model, attr, None)
+    model.requires_grad_(False)

@@ -1,0 +1,108 @@
+"""Training examples: where they come from, how each becomes pixels, and the order batches are drawn in.
+
+Everything here is a pure function of its inputs and the seed, which is what makes a resumed run
+draw exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from loramill.engine.families.base import ImageMeta
+from loramill.errors import InvalidInput
+
+
+@dataclass
+class Example:
+    """One training image, its caption and the (width, height) it is trained at."""
+
+    image_path: Path
+    caption: str
+    size: tuple[int, int]
+
+
+def load_examples(source: str, *, trigger: str, resolution: int, multiple: int) -> list[Example]:
+    """Read a prepared dataset folder, a kohya ``dataset.toml`` or a plain folder of images and captions.
+
+    Bucket sizes from a prepared dataset are kept (rounded down to the family's ``multiple``); every
+    other image is trained as a ``resolution`` square.
+    """
+    from loramill.engine.dataset.items import load_dataset
+
+    path = Path(source)
+    if not path.exists():
+        raise InvalidInput(f"--images {source}: no such folder or file", code="images_not_found", field="images")
+    items = load_dataset(path, trigger_word=trigger)
+    if not items:
+        raise InvalidInput(f"--images {source}: no images found (looked for .png, .jpg, .jpeg, .webp, .bmp); "
+                           "add a few images of the subject", code="no_images", field="images")
+    side = max(multiple, resolution // multiple * multiple)
+    examples = []
+    for item in items:
+        if item.size is None:
+            size = (side, side)
+        else:
+            w, h = item.size
+            size = (max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple))
+        examples.append(Example(image_path=Path(item.image_path), caption=item.caption, size=size))
+    return examples
+
+
+def load_pixels(example: Example, variant: int = 0, augment_config: object | None = None
+                ) -> tuple[torch.Tensor, ImageMeta]:
+    """The example as a [3, H, W] tensor in [-1, 1] at its training size, resized and centre-cropped."""
+    try:
+        with Image.open(example.image_path) as raw:
+            image = ImageOps.exif_transpose(raw).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"image {example.image_path} cannot be read ({exc}); remove it or run "
+                           "`loramill dataset prepare` first", code="bad_image", field="images") from exc
+    if variant and augment_config is not None:
+        from loramill.engine.dataset.augment import augment
+
+        image = augment(image, variant, augment_config)  # type: ignore[arg-type]
+    tw, th = example.size
+    ow, oh = image.size
+    scale = max(tw / ow, th / oh)
+    rw, rh = max(tw, round(ow * scale)), max(th, round(oh * scale))
+    image = image.resize((rw, rh), Image.Resampling.LANCZOS)
+    left, top = (rw - tw) // 2, (rh - th) // 2
+    image = image.crop((left, top, left + tw, top + th))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return pixels, ImageMeta(original_size=(oh, ow), crop_top_left=(top, left), target_size=(th, tw))
+
+
+def buckets_of(examples: list[Example]) -> dict[tuple[int, int], list[int]]:
+    """Example indices grouped by training size: a batch never mixes sizes."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        groups[ex.size].append(i)
+    return dict(sorted(groups.items()))
+
+
+def epoch_batches(buckets: dict[tuple[int, int], list[int]], batch_size: int, seed: int, epoch: int
+                  ) -> list[list[int]]:
+    """The batches of one epoch: shuffled within each bucket, then the batch order shuffled.
+
+    Seeded by (seed, epoch) alone, so any epoch's order can be recomputed on resume.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    batches: list[list[int]] = []
+    for indices in buckets.values():
+        order = list(indices)
+        rng.shuffle(order)
+        batches.extend(order[i:i + batch_size] for i in range(0, len(order), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def batches_per_epoch(buckets: dict[tuple[int, int], list[int]], batch_size: int) -> int:
+    return sum((len(ix) + batch_size - 1) // batch_size for ix in buckets.values())

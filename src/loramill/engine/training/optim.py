@@ -1,0 +1,80 @@
+"""Optimizers and learning-rate schedules, dispatched through tables; optional backends imported lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from loramill.errors import DependencyMissing, UnsupportedHardware
+
+
+def _adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    check_optimizer("adamw8bit")
+    import bitsandbytes as bnb  # type: ignore[import-not-found]
+
+    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+
+
+def _prodigy(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    check_optimizer("prodigy")
+    from prodigyopt import Prodigy  # type: ignore[import-not-found]
+
+    # Prodigy estimates the step size itself; its docs recommend lr=1.0 and treat ours as a multiplier.
+    return Prodigy(params, lr=lr, weight_decay=weight_decay, safeguard_warmup=True, use_bias_correction=True)
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy,
+}
+
+
+def check_optimizer(name: str) -> None:
+    """Fail before any work if the optimizer's backend or hardware is missing."""
+    if name == "adamw8bit":
+        if not torch.cuda.is_available():
+            raise UnsupportedHardware("--optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit kernels); "
+                                      "on this machine use --optimizer adamw", field="optimizer")
+        try:
+            import bitsandbytes  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError as exc:
+            raise DependencyMissing("--optimizer adamw8bit needs bitsandbytes: pip install 'loramill[cuda]'",
+                                    field="optimizer") from exc
+    elif name == "prodigy":
+        try:
+            import prodigyopt  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError as exc:
+            raise DependencyMissing("--optimizer prodigy needs prodigyopt: pip install 'loramill[prodigy]'",
+                                    field="optimizer") from exc
+
+
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    return OPTIMIZERS[name](params, lr, weight_decay)
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> Any:
+    """A per-optimizer-step schedule (diffusers' implementations, the ones its training examples use)."""
+    from diffusers.optimization import get_scheduler
+
+    if name == "constant" and warmup_steps > 0:
+        name = "constant_with_warmup"
+    return get_scheduler(name, optimizer=optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def check_precision(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``mixed_precision``; a clear error where the hardware cannot do it."""
+    if mixed_precision == "no":
+        return None
+    if not torch.cuda.is_available():
+        raise UnsupportedHardware(f"--mixed-precision {mixed_precision} needs a CUDA GPU; this machine has none. "
+                                  "Use --mixed-precision no", field="mixed_precision")
+    if mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UnsupportedHardware("--mixed-precision bf16 needs an Ampere or newer GPU; use fp16",
+                                  field="mixed_precision")
+    return torch.bfloat16 if mixed_precision == "bf16" else torch.float16

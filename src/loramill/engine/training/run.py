@@ -1,0 +1,283 @@
+"""One LoRA training run, top to bottom: check, data, model, cache, adapters, optimizer, resume, loop, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from loramill import __version__
+from loramill.engine.families import detect_family, get_family
+from loramill.engine.lora.files import write_lora
+from loramill.engine.lora.formats import to_diffusers, to_kohya
+from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
+from loramill.engine.training import adapters
+from loramill.engine.training.cache import build_cache
+from loramill.engine.training.checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from loramill.engine.training.config import TrainConfig
+from loramill.engine.training.data import batches_per_epoch, buckets_of, epoch_batches, load_examples
+from loramill.engine.training.optim import check_optimizer, check_precision, make_optimizer, make_scheduler
+from loramill.errors import InvalidInput
+
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path
+    metrics: dict[str, Any]
+    checkpoint_dir: Path
+
+
+def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback = no_progress,
+          on_checkpoint: Callable[[Path], None] | None = None) -> TrainResult:
+    """Train a LoRA as ``config`` says and write it to ``config.out``.
+
+    ``pipe``: an already loaded base pipeline to reuse (the worker keeps one resident); it is returned
+    to its base state afterwards. ``progress`` may raise ``StopRequested`` to stop at the next step
+    with a checkpoint saved. ``on_checkpoint`` is called with each new checkpoint folder (the worker
+    copies it to storage).
+    """
+    # 1. Check options against this machine before any work.
+    autocast_dtype = check_precision(config.mixed_precision)
+    check_optimizer(config.optimizer)
+    family_name = detect_family(config.model, config.family)
+    if family_name is None:
+        raise InvalidInput(f"--model {config.model}: not an SD 1.5, SDXL or FLUX.1 pipeline, so it cannot be "
+                           "trained here; pass --family if the folder is one of them", code="unsupported_model",
+                           field="model")
+    family = get_family(family_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # 2. Data: examples grouped into same-size buckets; batch order is a function of (seed, epoch).
+    examples = load_examples(config.images, trigger=config.trigger, resolution=config.resolution,
+                             multiple=family.RESOLUTION_MULTIPLE)
+    buckets = buckets_of(examples)
+    per_epoch = batches_per_epoch(buckets, config.batch_size)
+    total_steps = config.max_steps or (config.epochs or 1) * max(1, math.ceil(per_epoch / config.grad_accum))
+    data_hash = dataset_hash(examples)
+    fingerprint = run_fingerprint(config, family_name, data_hash)
+
+    # 3. Model: frozen base, reused when the caller keeps one resident.
+    if pipe is None:
+        pipe = family.load_pipeline(config.model)
+    pipe.to(device)
+    denoiser = getattr(pipe, family.DENOISER)
+    text_encoders = [getattr(pipe, name) for name in family.TEXT_ENCODERS] if config.train_text_encoder else []
+    for name in ("vae", "text_encoder", "text_encoder_2", family.DENOISER):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).requires_grad_(False)
+
+    # 4. Cache latents (per image and augmented variant) and text embeddings (per caption) once.
+    augment_config = None
+    if config.augment_variants:
+        from loramill.engine.dataset.augment import AugmentConfig
+
+        augment_config = AugmentConfig(variants=config.augment_variants)
+    cache = build_cache(family, pipe, examples, config.augment_variants, augment_config,
+                        cache_text=not config.train_text_encoder, progress=progress)
+
+    try:
+        # 5. LoRA adapters, initialised from the seed.
+        torch.manual_seed(config.seed)
+        targets = config.target_modules or family.DEFAULT_TARGET_MODULES
+        trained: dict[str, torch.nn.Module] = {family.DENOISER: denoiser}
+        params = adapters.add_lora(denoiser, config.rank, config.alpha or config.rank, targets)
+        for name, encoder in zip(family.TEXT_ENCODERS, text_encoders):
+            params += adapters.add_lora(encoder, config.rank, config.alpha or config.rank,
+                                        family.TEXT_ENCODER_TARGET_MODULES)
+            trained[name] = encoder
+        if config.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+            for encoder in text_encoders:
+                encoder.gradient_checkpointing_enable()
+
+        # 6. Optimizer and learning-rate schedule.
+        optimizer = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
+        scheduler = make_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps)
+        generator = torch.Generator().manual_seed(config.seed)
+        step, losses, elapsed_before = 0, [], 0.0
+
+        # 7. Resume: weights, optimizer, schedule, step and RNG state exactly where they were.
+        checkpoints = run_dir / "checkpoints"
+        resume_from = resolve_checkpoint(config.resume, checkpoints) if config.resume else None
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, fingerprint)
+            for name, module in trained.items():
+                prefix = name + "."
+                adapters.load_lora_state(module, {k[len(prefix):]: v for k, v in state.weights.items()
+                                                  if k.startswith(prefix)})
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            generator.set_state(state.generator)
+            torch.set_rng_state(state.torch_rng)
+            step, losses, elapsed_before = state.step, state.losses, state.elapsed
+        metrics_file = _open_metrics(run_dir / "metrics.jsonl", keep_until=step)
+
+        def checkpoint() -> Path:
+            weights = {f"{n}.{k}": v for n, m in trained.items() for k, v in adapters.lora_state(m).items()}
+            path = save_checkpoint(checkpoints, TrainingState(
+                step=step, weights=weights, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                generator=generator.get_state(), torch_rng=torch.get_rng_state(), losses=losses,
+                elapsed=elapsed_before + time.monotonic() - started, fingerprint=fingerprint), config.keep_checkpoints)
+            if on_checkpoint is not None:
+                on_checkpoint(path)
+            return path
+
+        # 8. The loop: one optimizer step per `grad_accum` micro-batches, drawn bucket by bucket.
+        from loramill.engine.dataset.augment import variant_for_epoch
+
+        started = time.monotonic()
+        micro = step * config.grad_accum
+        plan_epoch, plan = -1, []
+        options = {"guidance_scale": config.guidance_scale}
+        for module in trained.values():
+            module.train()
+        while step < total_steps:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(config.grad_accum):
+                epoch, index = divmod(micro, per_epoch)
+                if epoch != plan_epoch:
+                    plan_epoch, plan = epoch, epoch_batches(buckets, config.batch_size, config.seed, epoch)
+                variant = variant_for_epoch(epoch, augment_config)
+                latents, meta, captions = cache.batch(plan[index], variant, examples)
+                cond = (cache.text(captions) if not config.train_text_encoder
+                        else family.encode_prompts(pipe, captions))
+                cond = {k: v.to(device) for k, v in cond.items()}
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    pred, target = family.training_target(pipe, latents.to(device), cond, meta, generator, options)
+                # The reference recipes' plain L2 on the prediction; computed in fp32 for stability.
+                loss = F.mse_loss(pred.float(), target.float()) / config.grad_accum
+                loss.backward()
+                step_loss += loss.item()
+                micro += 1
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(step_loss)
+            lr = scheduler.get_last_lr()[0]
+            metrics_file.write(json.dumps({"step": step, "loss": step_loss, "lr": lr,
+                                           "time": round(time.monotonic() - started + elapsed_before, 3)}) + "\n")
+            metrics_file.flush()
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+                checkpoint()
+            if config.validation_every and step % config.validation_every == 0 and config.validation_prompts:
+                _validate(family, pipe, config, step, run_dir, trained)
+            try:
+                progress(Progress("train", step, total_steps, {"loss": step_loss, "lr": lr}))
+            except StopRequested:
+                # Cancel or shutdown: keep the work done so far, then stop.
+                checkpoint()
+                raise
+        metrics_file.close()
+
+        # 9. Export the LoRA in the chosen layout, with metadata, and the run's metrics.
+        layers = {name: adapters.lora_state(module) for name, module in trained.items()}
+        training_time = elapsed_before + time.monotonic() - started
+        final_loss = sum(losses[-10:]) / max(1, len(losses[-10:]))
+        metrics = {"trainingTime": round(training_time, 3), "finalLoss": final_loss, "steps": step,
+                   "family": family_name, "datasetHash": data_hash, "images": len(examples)}
+        alpha = float(config.alpha or config.rank)
+        tensors = (to_kohya(layers, family.KOHYA_PREFIXES, alpha) if config.format == "kohya"
+                   else to_diffusers(layers, config.rank, alpha))
+        out = write_lora(config.out, tensors, lora_metadata(config, family_name, step, data_hash))
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return TrainResult(lora_path=out, metrics=metrics, checkpoint_dir=checkpoints)
+    finally:
+        # Leave the (possibly resident) pipeline exactly as the base model.
+        for module in [denoiser, *text_encoders]:
+            adapters.remove_lora(module)
+            module.eval()
+        if config.gradient_checkpointing:
+            denoiser.disable_gradient_checkpointing()
+
+
+def dataset_hash(examples: list[Any]) -> str:
+    """A short hash of the training images' bytes and captions, recorded in the LoRA's metadata."""
+    digest = hashlib.sha256()
+    for ex in sorted(examples, key=lambda e: str(e.image_path)):
+        digest.update(hashlib.sha256(Path(ex.image_path).read_bytes()).digest())
+        digest.update(ex.caption.encode())
+        digest.update(repr(ex.size).encode())
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(config: TrainConfig, family: str, data_hash: str) -> str:
+    """What must match for a checkpoint to resume exactly (step counts may grow: a run can be extended)."""
+    keys = asdict(config)
+    for volatile in ("out", "work_dir", "resume", "epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
+                     "validation_prompts", "validation_every", "validation_steps", "format", "images"):
+        keys.pop(volatile, None)
+    keys.update(family=family, data=data_hash)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def lora_metadata(config: TrainConfig, family: str, steps: int, data_hash: str) -> dict[str, str]:
+    """Safetensors metadata: loramill's own keys plus the ``ss_`` keys A1111 and kohya tools display."""
+    base = Path(config.model).name or config.model
+    return {
+        "loramill.version": __version__, "loramill.family": family, "loramill.base_model": base,
+        "loramill.trigger_word": config.trigger, "loramill.rank": str(config.rank),
+        "loramill.alpha": str(config.alpha), "loramill.steps": str(steps),
+        "loramill.resolution": str(config.resolution), "loramill.dataset_hash": data_hash,
+        "loramill.format": config.format,
+        "ss_network_module": "networks.lora", "ss_network_dim": str(config.rank),
+        "ss_network_alpha": str(config.alpha), "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_sd_model_name": base, "ss_steps": str(steps), "ss_resolution": f"({config.resolution}, {config.resolution})",
+        "ss_output_name": Path(config.out).stem, "ss_training_comment": f"trigger word: {config.trigger}",
+    }
+
+
+def _open_metrics(path: Path, keep_until: int) -> Any:
+    """Open metrics.jsonl for appending, dropping lines past ``keep_until`` (a resumed run rewrites them)."""
+    kept = []
+    if keep_until and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= keep_until:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                continue
+    path.write_text("".join(line + "\n" for line in kept))
+    return path.open("a")
+
+
+@torch.no_grad()
+def _validate(family: Any, pipe: Any, config: TrainConfig, step: int, run_dir: Path,
+              trained: dict[str, torch.nn.Module]) -> None:
+    """Render the validation prompts with the LoRA as it is now (fixed seed, so images are comparable)."""
+    out_dir = run_dir / "validation"
+    out_dir.mkdir(exist_ok=True)
+    for module in trained.values():
+        module.eval()
+    rng_state = torch.get_rng_state()  # validation must not shift the training RNG
+    try:
+        for i, prompt in enumerate(config.validation_prompts):
+            side = config.resolution // family.RESOLUTION_MULTIPLE * family.RESOLUTION_MULTIPLE
+            kwargs = family.generation_kwargs(prompt=prompt, negative_prompt="", steps=config.validation_steps,
+                                              guidance=family.DEFAULT_GUIDANCE, width=side, height=side,
+                                              num_images=1, generator=torch.Generator().manual_seed(config.seed))
+            image = pipe(**kwargs).images[0]
+            image.save(out_dir / f"step-{step:06d}-{i}.png")
+    finally:
+        torch.set_rng_state(rng_state)
+        for module in trained.values():
+            module.train()
