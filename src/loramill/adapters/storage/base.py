@@ -11,6 +11,7 @@ from urllib.parse import unquote
 from loramill.errors import InvalidInput
 
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9._\-/@+=]+$")
+MAX_KEY_LENGTH = 1024  # S3's limit; also keeps local paths under every filesystem's PATH_MAX
 
 
 def validate_key(key: str) -> str:
@@ -23,6 +24,9 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidInput("storage key is empty; give a path like users/<userId>/images/a.jpg",
                            code="invalid_storage_key", field="key")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidInput(f"storage key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}",
+                           code="invalid_storage_key", field="key")
     decoded = key
     for _ in range(3):  # catch %2e%2e and double encodings
         decoded = unquote(decoded)
@@ -34,6 +38,9 @@ def validate_key(key: str) -> str:
         if any(p in ("", ".", "..") for p in parts):
             raise InvalidInput(f"storage key {key!r} has an empty, '.' or '..' segment; "
                                "keys may not leave their prefix", code="invalid_storage_key", field="key")
+        if any(len(p) > 255 for p in parts):
+            raise InvalidInput(f"storage key {key[:80]!r}... has a segment longer than 255 characters, "
+                               "which no filesystem stores; shorten it", code="invalid_storage_key", field="key")
     if not _KEY_CHARS.match(key):
         raise InvalidInput(f"storage key {key!r} has characters outside A-Z a-z 0-9 . _ - / @ + =",
                            code="invalid_storage_key", field="key")

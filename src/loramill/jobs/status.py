@@ -1,0 +1,53 @@
+"""The job status machine (SPEC.md 3.2): queued → processing → completed | failed | canceled.
+
+Terminal states are final: once a job is completed, failed or canceled nothing overwrites it, so a
+late worker (an expired lease, a duplicate delivery) can never turn a canceled job into a completed
+one or a completed job into a failed one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. The values are the wire strings of the ``status`` field."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for completed, failed and canceled: states nothing may leave."""
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+
+# processing → processing is a redelivery (a worker died, its lease expired and another worker took
+# the job: attempts go up); processing → queued is a retry handed back to the queue after a
+# transient error. A queued job may fail without ever running (its payload is invalid) or be canceled.
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.PROCESSING: frozenset({JobStatus.PROCESSING, JobStatus.QUEUED, *TERMINAL}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus | str, new: JobStatus | str) -> bool:
+    """Whether a job in ``current`` may move to ``new``; unknown status strings are never allowed."""
+    try:
+        return JobStatus(new) in ALLOWED[JobStatus(current)]
+    except ValueError:
+        return False
+
+
+def sources_of(new: JobStatus | str) -> frozenset[JobStatus]:
+    """The states from which ``new`` can be reached (used to make the store's update atomic)."""
+    target = JobStatus(new)
+    return frozenset(s for s, targets in ALLOWED.items() if target in targets)
