@@ -1,0 +1,156 @@
+"""Text-to-image generation with a resident base model and any number of LoRAs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from loramill import __version__
+from loramill.engine.families import detect_family, get_family
+from loramill.engine.generation.loras import AdapterCache, LoraSpec
+from loramill.engine.generation.png import parameters_text, save_png
+from loramill.engine.generation.tags import extract_lora_tags, resolve_tag
+from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
+from loramill.errors import InvalidInput
+
+DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}
+
+
+@dataclass
+class GenerateRequest:
+    """One generation: a prompt, its settings and the LoRAs to apply."""
+
+    prompt: str
+    negative_prompt: str = ""
+    loras: list[LoraSpec] = field(default_factory=list)
+    lora_dir: Path | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int = 0
+    num_images: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise InvalidInput("--prompt is empty; describe the image to generate", field="prompt")
+        if not 1 <= self.num_images <= 16:
+            raise InvalidInput(f"--num-images must be 1–16, got {self.num_images}", field="num_images")
+        if self.steps is not None and not 1 <= self.steps <= 500:
+            raise InvalidInput(f"--steps must be 1–500, got {self.steps}", field="steps")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not 64 <= value <= 4096:
+                raise InvalidInput(f"--{name} must be 64–4096 pixels, got {value}", field=name)
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    parameters: str
+
+
+class Generator:
+    """A base model kept loaded, generating with whatever LoRAs each request asks for."""
+
+    def __init__(self, model: str, *, family: str | None = None, pipe: Any = None, max_resident_loras: int = 4):
+        self.model = model
+        self.family_name = detect_family(model, family)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if pipe is None:
+            pipe = self._load(model)
+        self.pipe = pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.adapters = (AdapterCache(self.pipe, self.family_name, max_resident=max_resident_loras)
+                         if self.family_name else None)
+
+    def _load(self, model: str) -> Any:
+        if self.family_name is None:
+            # Any other diffusers text-to-image model (Würstchen, Stable Cascade, …), without LoRAs.
+            from diffusers import AutoPipelineForText2Image
+
+            from loramill.engine.families.base import load_pipeline_of
+
+            return load_pipeline_of(AutoPipelineForText2Image, model, dtype=torch.float32)
+        return get_family(self.family_name).load_pipeline(model)
+
+    def generate(self, request: GenerateRequest, progress: ProgressCallback = no_progress) -> list[GeneratedImage]:
+        """Render ``request``: resolve tags, activate its LoRAs, run the pipeline with a per-image seed."""
+        # 1. Prompt tags become LoRAs; the tags leave the text that is encoded.
+        prompt, tags = extract_lora_tags(request.prompt)
+        loras = list(request.loras) + [LoraSpec(resolve_tag(n, request.lora_dir), w) for n, w in tags]
+        if not prompt:
+            raise InvalidInput("--prompt holds only <lora:…> tags; add a description of the image", field="prompt")
+
+        # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
+        family = get_family(self.family_name) if self.family_name else None
+        steps = request.steps or (family.DEFAULT_STEPS if family else 30)
+        guidance = request.guidance if request.guidance is not None else (family.DEFAULT_GUIDANCE if family else 5.0)
+        multiple = family.RESOLUTION_MULTIPLE if family else 8
+        default = DEFAULT_SIZE.get(self.family_name or "", 512)
+        width = (request.width or default) // multiple * multiple
+        height = (request.height or default) // multiple * multiple
+
+        # 3. LoRAs: validated, cached, and exactly this request's set active.
+        if loras and self.adapters is None:
+            raise InvalidInput(f"model {self.model} is not SD 1.5, SDXL or FLUX.1; LoRAs cannot be applied to it",
+                               field="lora")
+        if self.adapters is not None:
+            self.adapters.activate(loras)
+
+        # 4. Denoise, reporting each step; a callback may stop the run (cancel).
+        generators = [torch.Generator().manual_seed(request.seed + i) for i in range(request.num_images)]
+
+        def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            progress(Progress("generate", i + 1, steps))
+            return {}
+
+        if family is not None:
+            kwargs = family.generation_kwargs(prompt=prompt, negative_prompt=request.negative_prompt, steps=steps,
+                                              guidance=guidance, width=width, height=height,
+                                              num_images=request.num_images, generator=generators)  # type: ignore[arg-type]
+        else:
+            kwargs = dict(prompt=prompt, negative_prompt=request.negative_prompt or None, num_inference_steps=steps,
+                          guidance_scale=guidance, width=width, height=height,
+                          num_images_per_prompt=request.num_images, generator=generators)
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                images = self.pipe(**kwargs, callback_on_step_end=on_step).images
+        except StopRequested:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise InvalidInput(f"generation failed for these settings: {exc}", code="generation_failed") from exc
+        elapsed = time.monotonic() - started
+
+        # 5. Each image with the A1111 parameters that reproduce it alone (seed + i).
+        lora_note = ", ".join(f"{s.path.stem}:{s.weight:g}" for s in loras)
+        results = []
+        for i, image in enumerate(images):
+            settings = {"Steps": steps, "CFG scale": guidance, "Seed": request.seed + i, "Size": f"{width}x{height}",
+                        "Model": Path(self.model).name, "Model family": self.family_name or "other",
+                        "Lora": lora_note, "Time taken": f"{elapsed:.2f}s", "Version": f"loramill {__version__}"}
+            results.append(GeneratedImage(image, request.seed + i, parameters_text(prompt, request.negative_prompt,
+                                                                                   settings)))
+        return results
+
+
+def save_images(images: list[GeneratedImage], out_dir: Path, stem: str = "image") -> list[Path]:
+    """Write PNGs with their parameters chunk; names never overwrite earlier images in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    n = len(list(out_dir.glob(f"{stem}-*.png")))
+    for img in images:
+        path = out_dir / f"{stem}-{n:04d}-seed{img.seed}.png"
+        while path.exists():
+            n += 1
+            path = out_dir / f"{stem}-{n:04d}-seed{img.seed}.png"
+        paths.append(save_png(img.image, path, img.parameters))
+        n += 1
+    return paths
