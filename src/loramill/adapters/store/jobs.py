@@ -1,0 +1,185 @@
+"""Jobs and their events in the store: idempotent create, the status machine enforced in SQL, listing."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from loramill.adapters.store.database import Database
+from loramill.adapters.store.models import Job, JobEvent, utcnow
+from loramill.adapters.store.records import EventRecord, JobRecord, Page, to_record
+from loramill.errors import Conflict, InvalidInput, NotFound
+from loramill.jobs.status import JobStatus, sources_of
+
+jobs = cast(sa.Table, Job.__table__)
+events = cast(sa.Table, JobEvent.__table__)
+MAX_PAGE = 200
+
+
+class JobsMixin:
+    """Job and event methods of ``JobStore``."""
+
+    db: Database
+
+    def create_job(self, task_id: str, user_id: str, kind: str, payload: Mapping[str, Any], *, priority: int = 0,
+                   idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+        """Store a new ``queued`` job; ``(record, created)``.
+
+        Idempotent: the same ``task_id`` (or the same user's ``idempotency_key``) with the same payload
+        returns the existing job and ``created=False``; with a different payload it raises ``Conflict``.
+        """
+        now = utcnow()
+        row = {"id": task_id, "kind": kind, "user_id": user_id, "status": JobStatus.QUEUED.value,
+               "priority": priority, "payload": dict(payload), "attempts": 0, "cancel_requested": False,
+               "idempotency_key": idempotency_key, "created_at": now, "updated_at": now}
+        try:
+            with self.db.write() as conn:
+                conn.execute(jobs.insert().values(**row))
+            return cast(JobRecord, self.get_job(task_id)), True
+        except exc.IntegrityError:
+            pass  # the id or the idempotency key is taken: decide between "same job" and "conflict"
+        existing = self.get_job(task_id)
+        if existing is None and idempotency_key is not None:
+            with self.db.read() as conn:
+                found = conn.execute(jobs.select().where(jobs.c.user_id == user_id,
+                                                         jobs.c.idempotency_key == idempotency_key)).first()
+            existing = to_record(JobRecord, found) if found else None
+        if existing is None:  # deleted between the insert and the read; rare enough to ask for a retry
+            raise Conflict(f"job {task_id!r} was being created concurrently; retry")
+        if existing.payload != dict(payload) or existing.user_id != user_id or existing.kind != kind:
+            if existing.id == task_id:
+                raise Conflict(f"taskId {task_id!r} is already used by a different job; use a new taskId",
+                               field="taskId")
+            raise Conflict(f"idempotency key {idempotency_key!r} was already used for job {existing.id!r} "
+                           "with a different request; use a new key", field="idempotencyKey")
+        return existing, False
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or ``None`` if there is none with this id."""
+        with self.db.read() as conn:
+            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).first()
+        return to_record(JobRecord, row) if row else None
+
+    def list_jobs(self, user_id: str | None = None, *, kind: str | None = None, status: str | None = None,
+                  cursor: str | None = None, limit: int = 50) -> Page[JobRecord]:
+        """Jobs newest first, filtered; ``user_id=None`` lists everyone's (admin)."""
+        query = jobs.select().order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        query = query.limit(max(1, min(limit, MAX_PAGE)) + 1)
+        for column, value in ((jobs.c.user_id, user_id), (jobs.c.kind, kind), (jobs.c.status, status)):
+            if value is not None:
+                query = query.where(column == value)
+        if cursor:
+            created, last_id = _decode_cursor(cursor)
+            query = query.where(sa.or_(jobs.c.created_at < created,
+                                       sa.and_(jobs.c.created_at == created, jobs.c.id < last_id)))
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        items = [to_record(JobRecord, r) for r in rows[: max(1, min(limit, MAX_PAGE))]]
+        more = len(rows) > len(items)
+        return Page(items, _encode_cursor(items[-1]) if more and items else None)
+
+    def transition(self, job_id: str, status: JobStatus | str, *, progress: Mapping[str, Any] | None = None,
+                   result: Mapping[str, Any] | None = None, error: Mapping[str, Any] | None = None,
+                   quality: Mapping[str, Any] | None = None, event: Mapping[str, Any] | None = None) -> bool:
+        """Move the job to ``status`` and store the given fields, atomically; ``True`` if it moved.
+
+        Returns ``False`` (and changes nothing) when the job is already terminal: a late or duplicate
+        worker loses quietly. Raises ``Conflict`` for a move the status machine forbids otherwise
+        (queued → completed) and ``NotFound`` for an unknown job. Moving to ``processing`` counts an
+        attempt; ``event``, if given, is appended in the same transaction.
+        """
+        new = JobStatus(status)
+        now = utcnow()
+        values: dict[str, Any] = {"status": new.value, "updated_at": now}
+        if new is JobStatus.PROCESSING:
+            values |= {"attempts": jobs.c.attempts + 1, "started_at": sa.func.coalesce(jobs.c.started_at, now)}
+        if new.terminal:
+            values["finished_at"] = now
+        for name, value in (("progress", progress), ("result", result), ("error", error), ("quality", quality)):
+            if value is not None:
+                values[name] = dict(value)
+        with self.db.write() as conn:
+            moved = conn.execute(jobs.update().where(jobs.c.id == job_id,
+                                                     jobs.c.status.in_([s.value for s in sources_of(new)]))
+                                 .values(**values)).rowcount
+            if moved:
+                if event is not None:
+                    conn.execute(events.insert().values(job_id=job_id, created_at=now, body=dict(event)))
+                return True
+            current = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        if current is None:
+            raise NotFound(f"no job {job_id!r}", field="taskId")
+        if JobStatus(current).terminal:
+            return False
+        raise Conflict(f"job {job_id!r} is {current}; it cannot become {new.value}")
+
+    def set_progress(self, job_id: str, progress: Mapping[str, Any]) -> bool:
+        """Record progress of a processing job; ``False`` if the job is not processing any more."""
+        with self.db.write() as conn:
+            return bool(conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status == "processing")
+                                     .values(progress=dict(progress), updated_at=utcnow())).rowcount)
+
+    def request_cancel(self, job_id: str, *, event: Mapping[str, Any] | None = None) -> JobRecord:
+        """Ask for the job to stop. A queued job is canceled at once (``event`` appended); a processing
+        job keeps running until its worker sees ``cancel_requested``; a terminal job is left as it is.
+        """
+        now = utcnow()
+        with self.db.write() as conn:
+            conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(["queued", "processing"]))
+                         .values(cancel_requested=True, updated_at=now))
+            canceled = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status == "queued")
+                                    .values(status="canceled", finished_at=now)).rowcount
+            if canceled and event is not None:
+                conn.execute(events.insert().values(job_id=job_id, created_at=now, body=dict(event)))
+        record = self.get_job(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id!r}", field="taskId")
+        return record
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether the job's owner asked to cancel it (workers poll this between steps)."""
+        with self.db.read() as conn:
+            return bool(conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())
+
+    def append_event(self, job_id: str, body: Mapping[str, Any] | bytes) -> int:
+        """Keep an event exactly as published; returns its id (the SSE event id)."""
+        data = json.loads(body) if isinstance(body, bytes) else dict(body)
+        with self.db.write() as conn:
+            result = conn.execute(events.insert().values(job_id=job_id, created_at=utcnow(), body=data))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def list_events(self, job_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        """The job's events with ``id > after_id``, oldest first."""
+        query = (events.select().where(events.c.job_id == job_id, events.c.id > after_id)
+                 .order_by(events.c.id).limit(max(1, min(limit, 1000))))
+        with self.db.read() as conn:
+            return [to_record(EventRecord, r) for r in conn.execute(query)]
+
+    def count_queued(self, kind: str | None = None) -> int:
+        """Jobs waiting to start (optionally of one kind)."""
+        query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == "queued")
+        if kind is not None:
+            query = query.where(jobs.c.kind == kind)
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+
+def _encode_cursor(record: JobRecord) -> str:
+    raw = json.dumps([record.created_at.isoformat(), record.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), str(last_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidInput("cursor is not one this API returned; start again without it",
+                           code="invalid_cursor", field="cursor") from None
