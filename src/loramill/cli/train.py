@@ -6,7 +6,13 @@ import argparse
 import json
 from dataclasses import fields
 
-from loramill.engine.training.config import LORA_FORMATS, LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, TrainConfig
+from loramill.engine.training.config import (
+    LORA_FORMATS,
+    LR_SCHEDULERS,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    TrainConfig,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,1 +1,1 @@
-"""engine/evaluation."""
+"""Evaluation: how well a LoRA fits its images, measured the same way every time."""

@@ -49,14 +49,18 @@ def check_safetensors_header(path: Path) -> dict[str, str]:
         head = fh.read(8)
         if len(head) < 8:
             raise _bad(path, "file is too short to be safetensors")
-        if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
-            raise _bad(path, "is a pickle/zip checkpoint, not safetensors; loramill never unpickles LoRAs. "
-                       "Convert it to .safetensors with a trusted tool", code="not_safetensors")
         (header_len,) = struct.unpack("<Q", head)
-        if header_len <= 1 or header_len > min(MAX_HEADER_BYTES, size - 8):
+        plausible = 1 < header_len <= min(MAX_HEADER_BYTES, size - 8)
+        first = fh.read(1) if plausible else b""
+        if not plausible or first != b"{":
+            # Not a safetensors header; say what it looks like. Pickles start with 0x80 (protocol 2+),
+            # torch's zip checkpoints with "PK".
+            if head[:1] == b"\x80" or head[:2] == b"PK":
+                raise _bad(path, "is a pickle/zip checkpoint, not safetensors; loramill never unpickles LoRAs. "
+                           "Convert it to .safetensors with a trusted tool", code="not_safetensors")
             raise _bad(path, f"forged or corrupt safetensors header (declares {header_len} header bytes in a "
                        f"{size}-byte file)", code="corrupt_lora")
-        raw = fh.read(header_len)
+        raw = first + fh.read(header_len - 1)
     try:
         header = json.loads(raw)
     except ValueError as exc:

@@ -71,8 +71,9 @@ class TrainConfig:
             self.alpha = float(self.rank)
         if not _finite_positive(self.alpha):
             raise _bad("alpha", f"must be a positive number (default: the rank), got {self.alpha!r}")
-        if not _finite_positive(self.lr) or self.lr >= 1:
-            raise _bad("lr", f"must be a finite number between 0 and 1 (typical: 1e-4), got {self.lr!r}")
+        if not _finite_positive(self.lr) or self.lr > 10:
+            raise _bad("lr", f"must be a finite number above 0 and at most 10 (typical: 1e-4; Prodigy: 1.0), "
+                       f"got {self.lr!r}")
         for name in ("resolution", "batch_size", "grad_accum"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -1,0 +1,5 @@
+"""``python -m loramill``."""
+
+from loramill.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""``python -m loramill.cli``."""
+
+from loramill.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Generation: A1111 tags, PNG parameters, composed LoRAs, and refusals that name the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loramill.engine.generation.generate import GenerateRequest, Generator, save_images
+from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.tags import extract_lora_tags
+from loramill.engine.training.run import train
+from loramill.errors import InvalidInput
+from tests.engine.conftest import train_config
+
+
+def test_extract_lora_tags_removes_tags_and_reads_weights():
+    text, tags = extract_lora_tags("<lora:style:0.6> a portrait of sks, <lora:sks> smiling")
+    assert text == "a portrait of sks, smiling"
+    assert tags == [("style", 0.6), ("sks", 1.0)]
+    with pytest.raises(InvalidInput, match="not a number"):
+        extract_lora_tags("<lora:x:heavy> cat")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models, tmp_path_factory):
+    from tests.services.models import draw_subject
+
+    root = tmp_path_factory.mktemp("gen")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(3):
+        draw_subject(i).save(photos / f"{i}.png")
+    out = {}
+    for family in ("sd15", "sdxl"):
+        out[family] = train(train_config(tiny_models[family], photos, root / f"{family}.safetensors",
+                                         work_dir=str(root / family))).lora_path
+    style = train(train_config(tiny_models["sd15"], photos, root / "style.safetensors", seed=99, trigger="zkz",
+                               work_dir=str(root / "style"))).lora_path
+    return out | {"style": style, "dir": root}
+
+
+def test_generate_composes_two_loras_and_tags_match_flags(tiny_models, trained):
+    gen = Generator(str(tiny_models["sd15"]))
+    req = dict(width=64, height=64, steps=3, seed=5)
+    subject = gen.generate(GenerateRequest("a photo of sks", loras=[LoraSpec(trained["sd15"], 0.8)], **req))
+    both = gen.generate(GenerateRequest("a photo of sks", loras=[LoraSpec(trained["sd15"], 0.8),
+                                                                 LoraSpec(trained["style"], 0.5)], **req))
+    tagged = gen.generate(GenerateRequest("<lora:sd15:0.8> a photo of sks <lora:style:0.5>",
+                                          lora_dir=trained["dir"], **req))
+    a, b, c = (np.asarray(x[0].image, dtype=np.float32) for x in (subject, both, tagged))
+    assert np.abs(a - b).mean() > 0.1, "adding the style LoRA must change the image"
+    assert np.abs(b - c).max() <= 1.0, "tags and --lora flags must give the same image"
+
+
+def test_saved_png_carries_parameters(tiny_models, tmp_path):
+    gen = Generator(str(tiny_models["sd15"]))
+    images = gen.generate(GenerateRequest("a cat", negative_prompt="blurry", width=64, height=64, steps=2, seed=9,
+                                          num_images=2))
+    paths = save_images(images, tmp_path)
+    assert len(paths) == 2
+    text = Image.open(paths[1]).text["parameters"]
+    assert text.startswith("a cat\nNegative prompt: blurry\nSteps: 2")
+    assert "Seed: 10" in text and "Size: 64x64" in text
+
+
+def test_generate_refuses_lora_of_other_family(tiny_models, trained):
+    gen = Generator(str(tiny_models["sd15"]))
+    with pytest.raises(InvalidInput) as err:
+        gen.generate(GenerateRequest("x", loras=[LoraSpec(trained["sdxl"])], width=64, height=64, steps=2))
+    assert err.value.code == "lora_incompatible" and "sdxl" in err.value.message
+
+
+def test_generate_refuses_lora_without_metadata_that_fits_nothing(tiny_models, trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    stripped = tmp_path / "nometa.safetensors"
+    save_file(load_file(str(trained["sdxl"])), str(stripped))  # no metadata: only the keys can tell
+    gen = Generator(str(tiny_models["flux"]))
+    with pytest.raises(InvalidInput) as err:
+        gen.generate(GenerateRequest("x", loras=[LoraSpec(stripped)], width=64, height=64, steps=2))
+    assert err.value.code == "lora_incompatible"
+
+
+def test_generate_refuses_pickle_lora(tiny_models, tmp_path):
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(["boom"]))
+    gen = Generator(str(tiny_models["sd15"]))
+    with pytest.raises(InvalidInput) as err:
+        gen.generate(GenerateRequest("x", loras=[LoraSpec(evil)], width=64, height=64, steps=2))
+    assert err.value.code == "not_safetensors"
+
+
+def test_generate_unknown_tag_lists_available(tiny_models, trained):
+    gen = Generator(str(tiny_models["sd15"]))
+    with pytest.raises(InvalidInput, match="available: .*style"):
+        gen.generate(GenerateRequest("<lora:nothere> x", lora_dir=trained["dir"], width=64, height=64, steps=2))
