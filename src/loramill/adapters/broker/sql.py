@@ -1,0 +1,261 @@
+"""The ``sql`` broker: the job store's ``queue_messages`` table is the queue (the embedded default).
+
+A worker claims the best ready job (``ORDER BY priority DESC, created_at, id``) by taking a lease:
+``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on SQLite a compare-and-set ``UPDATE … WHERE
+id = ? AND (unleased OR lease expired)`` inside a ``BEGIN IMMEDIATE`` transaction. Either way two
+workers racing for one job get one each or one and nothing, never the same job. A background thread
+renews held leases, so a two-hour training keeps its job; a worker that dies stops renewing, the
+lease runs out and the job is delivered again (``redelivered=True``, deliveries counted). A job
+delivered ``max_deliveries`` times without an ack is dead-lettered instead of crashing workers forever.
+
+Lease times come from each worker's clock: workers on several machines need NTP-synced clocks
+(skew well under ``lease_seconds``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import cast
+
+import sqlalchemy as sa
+
+from loramill.adapters.broker.base import Broker, Delivery
+from loramill.adapters.store import JobStore
+from loramill.adapters.store.models import QueueMessage, utcnow
+from loramill.errors import LoramillError
+
+logger = logging.getLogger("loramill.broker.sql")
+q = cast(sa.Table, QueueMessage.__table__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message moved aside, with why."""
+
+    id: int
+    task_id: str
+    body: bytes
+    reason: str | None
+    deliveries: int
+
+
+class SqlBroker(Broker):
+    """Broker on the job store's database (SQLite or PostgreSQL)."""
+
+    name = "sql"
+
+    def __init__(self, store_or_url: JobStore | str | None = None, *, lease_seconds: float = 60.0,
+                 worker_id: str | None = None, max_deliveries: int | None = 10, poll_min: float = 0.005,
+                 poll_max: float = 0.2) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        self._own_store = not isinstance(store_or_url, JobStore)
+        self.store = store_or_url if isinstance(store_or_url, JobStore) else JobStore(store_or_url)
+        self._db = self.store.db
+        self.lease = timedelta(seconds=lease_seconds)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.max_deliveries = max_deliveries
+        self._poll = (poll_min, poll_max)
+        self._held: dict[int, str] = {}  # message id → lease token of this claim
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # ---- publishing ----------------------------------------------------------------------------
+
+    def publish_job(self, body: bytes, *, task_id: str, priority: int = 0) -> None:
+        """Queue a job; higher ``priority`` first, then oldest first."""
+        self._insert("input", body, task_id, int(priority))
+
+    def publish_event(self, body: bytes, *, task_id: str) -> None:
+        """Queue an event for ``consume_events``."""
+        self._insert("output", body, task_id, 0)
+
+    def _insert(self, queue: str, body: bytes, task_id: str, priority: int) -> None:
+        now = utcnow()
+        with self._db.write() as conn:
+            conn.execute(q.insert().values(queue=queue, task_id=task_id, body=bytes(body), priority=priority,
+                                           created_at=now, available_at=now, deliveries=0))
+
+    # ---- consuming jobs ------------------------------------------------------------------------
+
+    def receive(self, timeout: float) -> Delivery | None:
+        """Claim the next ready job, polling every 5 ms backing off to 200 ms, for up to ``timeout`` s."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = self._poll[0]
+        while not self._closed.is_set():
+            delivery = self._claim()
+            if delivery is not None:
+                return delivery
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._closed.wait(min(delay, remaining))
+            delay = min(delay * 2, self._poll[1])
+        return None
+
+    def _ready(self, now: object) -> sa.ColumnElement[bool]:
+        return sa.and_(q.c.queue == "input", q.c.available_at <= now,
+                       sa.or_(q.c.lease_expires_at.is_(None), q.c.lease_expires_at < now))
+
+    def _claim(self) -> Delivery | None:
+        now = utcnow()
+        ready = self._ready(now)
+        pick = (sa.select(q.c.id, q.c.deliveries).where(ready)
+                .order_by(q.c.priority.desc(), q.c.created_at, q.c.id).limit(1))
+        if self._db.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        else:
+            # Idle polling should not take SQLite's write lock: look first, claim only if there is work.
+            with self._db.read() as conn:
+                if conn.execute(pick).first() is None:
+                    return None
+        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        with self._db.write() as conn:
+            for _ in range(10):
+                row = conn.execute(pick).first()
+                if row is None:
+                    return None
+                if self.max_deliveries is not None and row.deliveries >= self.max_deliveries:
+                    conn.execute(q.update().where(q.c.id == row.id).values(
+                        queue="dead", lease_owner=None, lease_expires_at=None,
+                        reason=f"delivered {row.deliveries} times without an ack; the job probably crashes "
+                               "or outlives its worker"))
+                    logger.warning("dead-lettered message %s after %s deliveries", row.id, row.deliveries)
+                    continue
+                claimed = conn.execute(
+                    q.update().where(q.c.id == row.id, ready)
+                    .values(lease_owner=token, lease_expires_at=now + self.lease, deliveries=q.c.deliveries + 1)
+                    .returning(q.c.id, q.c.task_id, q.c.body, q.c.priority, q.c.deliveries)).first()
+                if claimed is None:
+                    return None  # another worker won this one; the caller polls again
+                break
+            else:
+                return None
+        with self._lock:
+            self._held[claimed.id] = token
+        self._ensure_heartbeat()
+        return Delivery(body=bytes(claimed.body), delivery_id=str(claimed.id), redelivered=claimed.deliveries > 1,
+                        headers={"task_id": claimed.task_id, "priority": claimed.priority,
+                                 "deliveries": claimed.deliveries})
+
+    def ack(self, delivery: Delivery) -> None:
+        """The outcome is stored: delete the message, whoever holds it now (ack is final)."""
+        message_id = self._release(delivery)
+        with self._db.write() as conn:
+            conn.execute(q.delete().where(q.c.id == message_id, q.c.queue == "input"))
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
+        """Hand the job back at once (``requeue``), or dead-letter it."""
+        if not requeue:
+            self.dead_letter(delivery, "rejected by the worker without requeue")
+            return
+        token = self._held.get(int(delivery.delivery_id))
+        message_id = self._release(delivery)
+        with self._db.write() as conn:
+            conn.execute(q.update().where(q.c.id == message_id, q.c.lease_owner == token)
+                         .values(lease_owner=None, lease_expires_at=None, available_at=utcnow()))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to the ``dead`` queue with ``reason``."""
+        message_id = self._release(delivery)
+        with self._db.write() as conn:
+            conn.execute(q.update().where(q.c.id == message_id, q.c.queue == "input")
+                         .values(queue="dead", reason=reason[:4000], lease_owner=None, lease_expires_at=None))
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Messages moved aside, oldest first (for operators and tests)."""
+        query = (sa.select(q.c.id, q.c.task_id, q.c.body, q.c.reason, q.c.deliveries)
+                 .where(q.c.queue == "dead").order_by(q.c.id).limit(limit))
+        with self._db.read() as conn:
+            return [DeadLetter(r.id, r.task_id, bytes(r.body), r.reason, r.deliveries) for r in conn.execute(query)]
+
+    def _release(self, delivery: Delivery) -> int:
+        message_id = int(delivery.delivery_id)
+        with self._lock:
+            self._held.pop(message_id, None)
+        return message_id
+
+    # ---- events and metrics --------------------------------------------------------------------
+
+    def consume_events(self, timeout: float) -> list[bytes]:
+        """Take (and remove) up to 100 events in publication order, waiting up to ``timeout`` s for one."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = self._poll[0]
+        pick = sa.select(q.c.id, q.c.body).where(q.c.queue == "output").order_by(q.c.id).limit(100)
+        if self._db.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        while True:
+            with self._db.write() as conn:
+                rows = conn.execute(pick).all()
+                if rows:
+                    conn.execute(q.delete().where(q.c.id.in_([r.id for r in rows])))
+                    return [bytes(r.body) for r in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed.is_set():
+                return []
+            self._closed.wait(min(delay, remaining))
+            delay = min(delay * 2, self._poll[1])
+
+    def queue_depth(self) -> int:
+        """Jobs ready to be claimed now."""
+        query = sa.select(sa.func.count()).select_from(q).where(self._ready(utcnow()))
+        with self._db.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    # ---- leases --------------------------------------------------------------------------------
+
+    def _ensure_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat_stop.clear()
+                self._heartbeat = threading.Thread(target=self._beat, name=f"sql-lease-{self.worker_id}",
+                                                   daemon=True)
+                self._heartbeat.start()
+
+    def _beat(self) -> None:
+        interval = max(self.lease.total_seconds() / 3, 0.05)
+        while not self._heartbeat_stop.wait(interval):
+            with self._lock:
+                held = dict(self._held)
+            if held:
+                try:
+                    self._renew(held)
+                except LoramillError as exc:  # keep beating: the database may be back next tick
+                    logger.warning("could not renew leases: %s", exc.message)
+
+    def _renew(self, held: dict[int, str]) -> None:
+        tokens = list(held.values())
+        with self._db.write() as conn:
+            conn.execute(q.update().where(q.c.lease_owner.in_(tokens), q.c.queue == "input")
+                         .values(lease_expires_at=utcnow() + self.lease))
+            kept = set(conn.execute(sa.select(q.c.lease_owner).where(q.c.lease_owner.in_(tokens))).scalars())
+        for message_id, token in held.items():
+            if token not in kept:
+                logger.warning("lost the lease on message %s; another worker may be running it", message_id)
+                with self._lock:
+                    self._held.pop(message_id, None)
+
+    def close(self) -> None:
+        """Stop renewing leases, hand held jobs back to the queue, release connections."""
+        self._closed.set()
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        with self._lock:
+            held = dict(self._held)
+        for message_id in held:
+            try:
+                self.nack(Delivery(body=b"", delivery_id=str(message_id)))
+            except LoramillError as exc:
+                logger.warning("could not hand message %s back: %s (its lease will expire)", message_id, exc.message)
+        if self._own_store:
+            self.store.close()
