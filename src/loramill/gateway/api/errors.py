@@ -1,0 +1,123 @@
+"""The one place errors become HTTP answers: ``{"error": {"code", "message"}}`` with a fitting status.
+
+Below the API layer nothing knows about HTTP: flows raise ``loramill.errors`` classes and this module
+maps them. Validation errors from FastAPI get the same body shape, worded the way the job contracts
+word theirs (the field, what is wrong, what to do).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loramill.errors import (
+    Canceled,
+    Conflict,
+    DependencyMissing,
+    InvalidInput,
+    LoramillError,
+    NotFound,
+    Overloaded,
+    TransientError,
+)
+
+logger = logging.getLogger("loramill.gateway")
+
+
+class Unauthorized(LoramillError):
+    """No API key, or one the store does not know."""
+
+    code = "unauthorized"
+
+
+class Forbidden(LoramillError):
+    """The key is valid but this action needs an admin key."""
+
+    code = "forbidden"
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body (or one file in it) is over a configured limit."""
+
+    code = "body_too_large"
+
+
+# most specific first: PayloadTooLarge is an InvalidInput
+STATUS: list[tuple[type[LoramillError], int]] = [
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (PayloadTooLarge, 413),
+    (InvalidInput, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Canceled, 409),
+    (Overloaded, 429),
+    (TransientError, 503),
+    (DependencyMissing, 501),
+]
+
+
+def status_of(exc: LoramillError) -> int:
+    """The HTTP status for ``exc``; anything unplanned is a 500."""
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON every error answer carries."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": error}
+
+
+def _loramill_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LoramillError)
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status in (429, 503):
+        headers["Retry-After"] = str(getattr(exc, "retry_after", None) or request.app.state.settings.retry_after_seconds)
+    if status >= 500:
+        logger.error("%s %s failed: [%s] %s", request.method, request.url.path, exc.code, exc.message)
+    return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=status, headers=headers)
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+    field = ".".join(loc)
+    message = f"{field or 'request'}: {first.get('msg', 'is invalid')}"
+    if len(exc.errors()) > 1:
+        message += f" (and {len(exc.errors()) - 1} more problem(s))"
+    code = "missing_field" if first.get("type") == "missing" else "invalid_field"
+    return JSONResponse(error_body(code, message, field or None), status_code=422)
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "body_too_large"}
+    message = str(exc.detail) if exc.detail else "request failed"
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.url.path}; see /docs for the API"
+    return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), message),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("%s %s crashed", request.method, request.url.path)
+    return JSONResponse(error_body("internal_error", "the server failed; the error is logged"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the translations on ``app``."""
+    app.add_exception_handler(LoramillError, _loramill_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,72 @@
+"""``POST /v1/trainings``: upload photos (or name stored ones) and queue a LoRA training."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile
+
+from loramill.errors import InvalidInput
+from loramill.gateway.api.deps import GatewayDep, PrincipalDep
+from loramill.gateway.api.routes.jobs import CREATE_ERRORS, created
+from loramill.gateway.api.schemas import JobPublic
+from loramill.gateway.api.uploads import check_image, check_image_count
+from loramill.gateway.api.views import job_public
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post("/trainings", response_model=JobPublic, status_code=202, responses=CREATE_ERRORS)
+def create_training(
+    gateway: GatewayDep, who: PrincipalDep, response: Response,
+    images: Annotated[list[UploadFile] | None, File(description="JPEG, PNG or WebP photos")] = None,
+    image_keys: Annotated[list[str] | None, Form(alias="imageKeys", description="storage keys of "
+                                                 "images already under users/{yourUserId}/")] = None,
+    trigger_word: Annotated[str | None, Form(alias="triggerWord", max_length=64, examples=["sks"])] = None,
+    subject_type: Annotated[Literal["face", "object", "style"] | None, Form(alias="subjectType")] = None,
+    base_model: Annotated[str | None, Form(alias="baseModel", max_length=256)] = None,
+    max_steps: Annotated[int | None, Form(alias="maxSteps", ge=1, le=100_000)] = None,
+    epochs: Annotated[int | None, Form(ge=1, le=1000)] = None,
+    learning_rate: Annotated[float | None, Form(alias="learningRate", gt=0, lt=1)] = None,
+    network_dim: Annotated[int | None, Form(alias="networkDim", ge=1, le=256)] = None,
+    resolution: Annotated[int | None, Form(ge=64, le=2048, multiple_of=8)] = None,
+    seed: Annotated[int | None, Form(ge=0, le=2**32 - 1)] = None,
+    configuration_params: Annotated[str | None, Form(alias="configurationParams", max_length=65536,
+                                                     description="JSON object with any other option of "
+                                                     "SPEC.md 3.1 (e.g. networkAlpha, optimizer)")] = None,
+    priority: Annotated[int, Form(ge=0, le=10)] = 0,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobPublic:
+    """Start a training from uploaded photos; watch it at the ``Location`` it answers with.
+
+    Repeating a request with the same ``Idempotency-Key`` returns the first one's job.
+    """
+    # 1. Cheap checks first: how many images, and the options' shape
+    uploads, keys = images or [], image_keys or []
+    check_image_count(len(uploads) + len(keys), gateway.settings)
+    options = _options(configuration_params) | {k: v for k, v in {
+        "triggerWord": trigger_word, "subjectType": subject_type, "baseModel": base_model, "maxSteps": max_steps,
+        "epochs": epochs, "learningRate": learning_rate, "networkDim": network_dim, "resolution": resolution,
+        "seed": seed}.items() if v is not None}
+    # 2. Each upload is an image within the limits
+    checked = [check_image(u.file.read(gateway.settings.max_image_bytes + 1), i, u.filename, gateway.settings)
+               for i, u in enumerate(uploads)]
+    # 3. Store and queue
+    task_id = gateway.task_id_for(who, idempotency_key)
+    record, is_new = gateway.submit_training(who, task_id, checked, keys, options, priority=priority,
+                                             idempotency_key=idempotency_key)
+    return created(response, job_public(record), is_new)
+
+
+def _options(text: str | None) -> dict[str, object]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidInput("configurationParams must be a JSON object, e.g. {\"networkAlpha\": 4}",
+                           code="invalid_field", field="configurationParams")
+    return value

@@ -1,0 +1,174 @@
+"""API schemas, split by direction: what clients send (``*Create``) and what they get back (``*Public``).
+
+The job contracts themselves (SPEC.md 3.1/3.3) stay in ``loramill.jobs.contracts``; these are the HTTP
+shapes around them. Field names are camelCase on the wire like the contracts'.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from loramill.jobs.contracts import TrainingConfig
+from loramill.jobs.status import JobStatus
+
+JobKind = Literal["training", "generation"]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+# ---- in: what clients send ------------------------------------------------------------------------
+
+
+class LoraUse(_Schema):
+    """A LoRA to apply while generating: one you own or a public one, at a strength."""
+
+    id: str = Field(min_length=1, max_length=128, examples=["3f1c2a9e-5b7d-4e0f-9a61-2c4d8e7f1a3b"])
+    weight: float = Field(default=1.0, ge=-4, le=4, description="strength; 0.6–1.0 is typical")
+
+
+class GenerationCreate(_Schema):
+    """A generation job (SPEC.md 3.3) without ``taskId``/``userId``: the API assigns those."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
+        json_schema_extra={"examples": [{
+            "prompt": "tsuki_advtr, a samoyed dog smiling, white background", "negativePrompt": "blurry",
+            "width": 512, "height": 512, "steps": 30, "guidanceScale": 7.5, "seed": 50, "numImages": 1,
+            "loras": [{"id": "3f1c2a9e-5b7d-4e0f-9a61-2c4d8e7f1a3b", "weight": 0.8}]}]})
+
+    prompt: str = Field(min_length=1, description="what to draw; at most LORAMILL_MAX_PROMPT_CHARS characters")
+    negative_prompt: str = Field(default="", description="what to avoid; same length limit as the prompt")
+    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] | None = None
+    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] | None = None
+    steps: Annotated[int, Field(ge=1, le=200)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    num_images: int = Field(default=1, ge=1, le=8)
+    base_model: str | None = Field(default=None, max_length=256, description="default: the worker's base model")
+    loras: list[LoraUse] = Field(default_factory=list, max_length=8,
+                                 description="compose a style and a subject by listing both")
+    priority: int = Field(default=0, ge=0, le=10)
+
+
+class TrainingCreate(_Schema):
+    """A training job (SPEC.md 3.1) by storage keys, for ``PUT /v1/jobs/{id}`` (uploads: POST /v1/trainings)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
+        json_schema_extra={"examples": [{
+            "images": ["users/alice/images/set1/1.jpg", "users/alice/images/set1/2.jpg"],
+            "configurationParams": {"epochs": 10, "learningRate": 8e-4, "networkDim": 4,
+                                    "triggerWord": "sks", "subjectType": "face"}}]})
+
+    images: list[str] = Field(min_length=1, description="storage keys under users/{yourUserId}/")
+    configuration_params: TrainingConfig = Field(default_factory=TrainingConfig)
+    name: str | None = Field(default=None, max_length=256, description="a name for the resulting LoRA")
+    priority: int = Field(default=0, ge=0, le=10)
+
+
+class PublicFlag(_Schema):
+    """Whether every user may apply the LoRA."""
+
+    public: bool = True
+
+
+# ---- out: what clients get back --------------------------------------------------------------------
+
+
+class ProgressPublic(_Schema):
+    step: int
+    total_steps: int
+    stage: str | None = None
+
+
+class ErrorPublic(_Schema):
+    code: str = Field(examples=["invalid_input"])
+    message: str = Field(examples=["images[0]: no object stored under 'users/alice/images/x.jpg'"])
+    field: str | None = None
+
+
+class ErrorBody(_Schema):
+    """Every 4xx/5xx answer."""
+
+    error: ErrorPublic
+
+
+class FilePublic(_Schema):
+    key: str = Field(examples=["users/alice/generations/7d1e/0.png"])
+    url: str = Field(description="GET it with your API key", examples=["/v1/files/users/alice/generations/7d1e/0.png"])
+
+
+class JobResult(_Schema):
+    model_path: str | None = None
+    lora_id: str | None = None
+    image_paths: list[str] = Field(default_factory=list)
+    files: list[FilePublic] = Field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+
+
+class JobLinks(_Schema):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobPublic(_Schema):
+    """A job as its owner sees it."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
+        json_schema_extra={"examples": [{
+            "id": "7d1e0c7a-2f4b-4a8e-b3c1-1f2e3d4c5b6a", "kind": "generation", "status": "processing",
+            "userId": "alice", "createdAt": "2026-01-01T12:00:00Z", "updatedAt": "2026-01-01T12:00:03Z",
+            "progress": {"step": 12, "totalSteps": 30, "stage": "generate"}, "cancelRequested": False,
+            "request": {"prompt": "a dog", "seed": 50}, "result": None, "error": None,
+            "links": {"self": "/v1/jobs/7d1e0c7a-2f4b-4a8e-b3c1-1f2e3d4c5b6a",
+                      "events": "/v1/jobs/7d1e0c7a-2f4b-4a8e-b3c1-1f2e3d4c5b6a/events",
+                      "cancel": "/v1/jobs/7d1e0c7a-2f4b-4a8e-b3c1-1f2e3d4c5b6a/cancel"}}]})
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    user_id: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    progress: ProgressPublic | None = None
+    cancel_requested: bool = False
+    request: dict[str, Any] = Field(default_factory=dict, description="the job as published (SPEC.md 3.1/3.3)")
+    result: JobResult | None = None
+    error: ErrorPublic | None = None
+    links: JobLinks
+
+
+class JobPage(_Schema):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page; null at the end")
+
+
+class LoraPublic(_Schema):
+    """A trained LoRA in the registry."""
+
+    id: str
+    user_id: str
+    name: str | None = None
+    trigger_word: str | None = None
+    base_model: str | None = None
+    public: bool = False
+    model_path: str
+    file: FilePublic | None = None
+    created_at: datetime | None = None
+
+
+class LoraPage(_Schema):
+    items: list[LoraPublic]
+
+
+class Health(_Schema):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

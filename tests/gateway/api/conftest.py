@@ -1,0 +1,61 @@
+"""A real gateway over a real SQLite store, local storage and the SQL queue, with three users' keys."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from loramill.adapters.broker.sql import SqlBroker
+from loramill.adapters.storage.local import LocalStorage
+from loramill.adapters.store import JobStore
+from loramill.gateway.api.main import create_app
+from loramill.gateway.settings import GatewaySettings
+from tests.services.models import draw_subject
+
+
+@dataclass
+class Api:
+    """The app's parts and a client per user."""
+
+    store: JobStore
+    storage: LocalStorage
+    broker: SqlBroker
+    settings: GatewaySettings
+    client: TestClient
+    keys: dict[str, str]
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[user]}"}
+
+
+def png_bytes(index: int = 0, size: tuple[int, int] = (96, 80)) -> bytes:
+    buffer = io.BytesIO()
+    draw_subject(index, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_api(tmp_path: Path, **overrides: object) -> Api:
+    store = JobStore(f"sqlite:///{tmp_path / 'loramill.db'}")
+    storage = LocalStorage(tmp_path / "storage")
+    broker = SqlBroker(store)
+    settings = GatewaySettings(**{"sse_poll_seconds": 0.05, **overrides})  # type: ignore[arg-type]
+    keys = {}
+    for user in ("alice", "bob", "root"):
+        store.create_user(user, user_id=user, is_admin=user == "root")
+        keys[user] = store.create_api_key(user)[1]
+    client = TestClient(create_app(settings, store, storage, broker))
+    return Api(store, storage, broker, settings, client, keys)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    made = make_api(tmp_path)
+    with made.client:
+        yield made
+    made.broker.close()
+    made.store.close()
