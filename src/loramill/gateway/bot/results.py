@@ -1,0 +1,113 @@
+"""Send finished jobs' results to the Telegram chats that asked for them, exactly once each.
+
+The loop reads the chats still waiting (``Deliveries``), and for each job that has reached a terminal
+state sends the picture(s), the "avatar ready" note or the failure's message, then marks the row
+delivered. All sends go through the bot's paced session (``sender.Sender``). A restart picks up the
+rows still pending and skips those delivered; the one gap left is a crash between Telegram accepting
+a photo and the mark being written, which resends that result once rather than losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+from typing import Any
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError, TelegramNotFound
+from aiogram.types import BufferedInputFile
+
+from loramill.adapters.store import JobRecord
+from loramill.gateway.bot.deliveries import Pending
+from loramill.gateway.bot.jobs import BotServices
+from loramill.jobs.status import JobStatus
+from loramill.logs import redact
+
+logger = logging.getLogger("loramill.bot.results")
+
+CAPTION_LIMIT = 1024  # Telegram's limit on a photo caption
+# The chat is gone or refuses the bot: retrying can never deliver, so the row is closed.
+UNDELIVERABLE = (TelegramForbiddenError, TelegramNotFound, TelegramBadRequest)
+
+
+class ResultLoop:
+    """Polls for finished Telegram jobs and sends their results."""
+
+    def __init__(self, bot: Bot, svc: BotServices, *, poll_interval: float = 1.0) -> None:
+        self.bot = bot
+        self.svc = svc
+        self.poll_interval = poll_interval
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set, then let sends already under way finish."""
+        while not stop.is_set():
+            try:
+                await self.deliver_ready()
+            except Exception as exc:  # the store is down for a moment: try again next round
+                logger.warning("checking for finished Telegram jobs failed: %s", redact(str(exc)))
+            try:
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    async def deliver_ready(self) -> int:
+        """One round: start delivering every waiting job that has finished; returns how many started."""
+        pending = await asyncio.to_thread(self.svc.deliveries.pending)
+        started = 0
+        for item in pending:
+            if item.task_id in self._in_flight:
+                continue
+            job = await asyncio.to_thread(self.svc.store.get_job, item.task_id)
+            if job is not None and not JobStatus(job.status).terminal:
+                continue
+            task = asyncio.create_task(self._deliver(item, job))
+            self._in_flight[item.task_id] = task
+            task.add_done_callback(lambda _, key=item.task_id: self._in_flight.pop(key, None))
+            started += 1
+        return started
+
+    async def _deliver(self, item: Pending, job: JobRecord | None) -> None:
+        try:
+            if job is not None:
+                await self._send_result(item.chat_id, job)
+        except UNDELIVERABLE as exc:
+            logger.warning("result cannot reach chat %s, giving up: %s", item.chat_id, redact(str(exc)),
+                           extra={"task_id": item.task_id})
+        except Exception as exc:  # network or 429 beyond the retries: leave it pending for the next round
+            logger.warning("sending the result to chat %s failed, will retry: %s", item.chat_id,
+                           redact(f"{type(exc).__name__}: {exc}"), extra={"task_id": item.task_id})
+            return
+        await asyncio.to_thread(self.svc.deliveries.mark_delivered, item.task_id)
+
+    async def _send_result(self, chat_id: int, job: JobRecord) -> None:
+        status = JobStatus(job.status)
+        if status is JobStatus.CANCELED:
+            return  # the person asked for it; /cancel already said so
+        if status is JobStatus.FAILED:
+            error = job.error or {}
+            what = "avatar training" if job.kind == "train" else "picture"
+            await self.bot.send_message(chat_id, f"Your {what} failed: {error.get('message') or 'unknown error'} "
+                                                 f"(job {job.id})")
+            return
+        if job.kind == "train":
+            await self.bot.send_message(chat_id, "Your avatar is ready. Send /avatar followed by a description, "
+                                                 "e.g. /avatar portrait in a space suit")
+            return
+        prompt = str(job.payload.get("prompt", ""))
+        for key in await asyncio.to_thread(self._image_keys, job):
+            data = await asyncio.to_thread(self.svc.storage.get_bytes, key)
+            photo = BufferedInputFile(data, filename=posixpath.basename(key))
+            await self.bot.send_photo(chat_id, photo, caption=prompt[:CAPTION_LIMIT] or None)
+
+    def _image_keys(self, job: JobRecord) -> list[str]:
+        # The worker's result lists the images; older or partial results fall back to the layout (SPEC 3.5).
+        result: dict[str, Any] = job.result or {}
+        keys = result.get("imagePaths") or result.get("image_paths")
+        if keys:
+            return [str(k) for k in keys]
+        prefix = f"users/{job.user_id}/generations/{job.id}/"
+        return sorted(self.svc.storage.list(prefix))
