@@ -18,6 +18,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
 from loramill.adapters.store import JobStore
+from loramill.gateway.api.service import Gateway
 from loramill.gateway.bot.albums import AlbumCollector
 from loramill.gateway.bot.deliveries import Deliveries
 from loramill.gateway.bot.handlers import build_router, train_callbacks
@@ -26,6 +27,7 @@ from loramill.gateway.bot.redaction import scrub_loggers
 from loramill.gateway.bot.results import ResultLoop
 from loramill.gateway.bot.sender import pacing_from_settings
 from loramill.gateway.bot.settings import BotSettings
+from loramill.gateway.settings import GatewaySettings, load_gateway_settings
 from loramill.logs import register_secret
 
 logger = logging.getLogger("loramill.bot")
@@ -49,15 +51,20 @@ def build_dispatcher(bot: Bot, svc: BotServices) -> Dispatcher:
 
 
 async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, broker: Broker, *,
-                  stop_event: asyncio.Event | None = None) -> None:
-    """Serve the bot until ``stop_event`` is set (or the task is cancelled)."""
+                  stop_event: asyncio.Event | None = None, gateway_settings: GatewaySettings | None = None) -> None:
+    """Serve the bot until ``stop_event`` is set (or the task is cancelled).
+
+    Jobs go through the HTTP API's flows under ``gateway_settings`` (default: read from ``LORAMILL_*``),
+    so the API's limits (queue length, image sizes, prompt length) hold for the bot too.
+    """
     # 1. The token is a secret from here on.
     token = settings.token.get_secret_value()
     register_secret(token)
     scrub_loggers(token)
     # 2. Services, bot, dispatcher, result loop.
     deliveries = await asyncio.to_thread(Deliveries, store.db)
-    svc = BotServices(settings, store, storage, broker, deliveries)
+    gateway = Gateway(gateway_settings or load_gateway_settings(), store, storage, broker)
+    svc = BotServices(settings, gateway, deliveries)
     bot = build_bot(settings)
     dispatcher = build_dispatcher(bot, svc)
     stop = stop_event or asyncio.Event()
