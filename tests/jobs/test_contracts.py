@@ -271,7 +271,7 @@ def test_fuzz_parse_job_any_bytes(raw: bytes) -> None:
     _parse_or_invalid(raw)
 
 
-@settings(max_examples=FUZZ_CASES // 2, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_CASES // 4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_jobs)
 def test_fuzz_parse_job_job_shaped_json(data: dict[str, Any]) -> None:
     _counts["json"] = _counts.get("json", 0) + 1

@@ -140,10 +140,7 @@ class QueueMessage(Base):
     """A message of the SQL broker: ``queue`` is ``input`` (jobs), ``output`` (events) or ``dead``."""
 
     __tablename__ = "queue_messages"
-    __table_args__ = (
-        sa.Index("ix_queue_messages_claim", "queue", "priority", "created_at", "id"),
-        sa.Index("ix_queue_messages_task", "task_id"),
-    )
+    __table_args__ = (sa.Index("ix_queue_messages_task", "task_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     queue: Mapped[str] = mapped_column(sa.String(16))
@@ -156,3 +153,8 @@ class QueueMessage(Base):
     lease_expires_at: Mapped[datetime | None]
     deliveries: Mapped[int] = mapped_column(default=0)
     reason: Mapped[str | None] = mapped_column(sa.Text)
+
+
+# Matches the claim's ORDER BY priority DESC, created_at, id, so a deep backlog is not sorted per claim.
+sa.Index("ix_queue_messages_claim", QueueMessage.queue, QueueMessage.priority.desc(), QueueMessage.created_at,
+         QueueMessage.id)

@@ -108,7 +108,8 @@ def upgrade() -> None:
         sa.Column("deliveries", sa.Integer(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
     )
-    op.create_index("ix_queue_messages_claim", "queue_messages", ["queue", "priority", "created_at", "id"])
+    op.create_index("ix_queue_messages_claim", "queue_messages",
+                    ["queue", sa.column("priority").desc(), "created_at", "id"])
     op.create_index("ix_queue_messages_task", "queue_messages", ["task_id"])
 
 
