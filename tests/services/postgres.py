@@ -71,7 +71,7 @@ def postgres_url() -> Iterator[str]:
                              dbname="postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE loramill")
         yield f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/loramill"
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+    except (RuntimeError, OSError, LookupError, subprocess.TimeoutExpired) as exc:
         service_unavailable("PostgreSQL", f"{exc}; {HINT}")
     finally:
         if started:

@@ -33,6 +33,7 @@ def test_refuse_key_through_symlink_leaving_root(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         storage.put_bytes("users/new.txt", b"x")
     assert not (outside / "new.txt").exists()
+    assert storage.list("users/") == [] and storage.list("") == []
 
 
 def test_refuse_key_in_staging_folder(tmp_path: Path) -> None:

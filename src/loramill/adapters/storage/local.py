@@ -76,7 +76,8 @@ class LocalStorage(Storage):
         if prefix:
             validate_key(prefix.rstrip("/") or "/")
         folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
-        if not folder.is_dir():
+        # A symlinked folder could lead outside the root; its files are not ours to list.
+        if not folder.is_dir() or not folder.resolve().is_relative_to(self.root):
             return []
         keys = []
         with _translate(prefix):
