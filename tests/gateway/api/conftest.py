@@ -59,3 +59,23 @@ def api(tmp_path: Path) -> Iterator[Api]:
         yield made
     made.broker.close()
     made.store.close()
+
+
+@pytest.fixture
+def worker(api: Api, tiny_sd15: Path, tmp_path: Path) -> Iterator[object]:
+    """The real worker, in a thread, on the API's store, storage and SQL queue, with the tiny SD 1.5."""
+    import threading
+
+    from loramill.jobs.settings import WorkerSettings
+    from loramill.jobs.worker import Worker
+
+    settings = WorkerSettings(base_model=str(tiny_sd15), work_dir=tmp_path / "work", progress_interval=0.05,
+                              cancel_check_interval=0.05, receive_timeout=0.1, log_format="text")
+    broker = SqlBroker(api.store)
+    running = Worker(settings, broker, api.store, api.storage)
+    thread = threading.Thread(target=running.run, name="worker", daemon=True)
+    thread.start()
+    yield running
+    running.stop()
+    thread.join(timeout=30)
+    broker.close()
