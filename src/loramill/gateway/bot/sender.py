@@ -2,10 +2,10 @@
 
 Telegram allows about one message a second per chat and thirty a second overall; above that it
 answers 429 with ``retry_after`` (SPEC.md 5, item 11). ``Sender`` sits in the bot session's request
-pipeline, so handler replies and delivered results alike wait for a slot. Slots are reserved in
-order (a queue in time rather than in memory): each send reserves the earliest moment that respects
-its chat's spacing and the global token bucket, sleeps until then and goes. A 429 pushes the chat's
-next slot back by ``retry_after`` and the same message is tried again.
+pipeline, so handler replies and delivered results alike wait their turn: messages to one chat go
+one at a time, in order, at least ``per_chat_interval`` apart; then each takes a slot of a global
+sliding window that lets at most ``global_rate`` messages out in any second. A 429 holds that chat
+(only that chat) for ``retry_after`` seconds, and the same message is tried again.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,42 +31,43 @@ logger = logging.getLogger("loramill.bot.sender")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
+WINDOW = 1.0  # seconds: Telegram's overall limit is per second
 
 
 class Pacer:
-    """When each message may go: per-chat spacing plus a global bucket (GCRA, i.e. a token bucket).
+    """When the next message may go: per-chat spacing and a global sliding window, on an injected clock.
 
-    Pure bookkeeping on an injected clock, so the schedule is tested without waiting.
+    Pure bookkeeping, so the schedule is tested without waiting.
     """
 
-    def __init__(self, *, per_chat_interval: float = 1.0, global_rate: float = 30.0, global_burst: int = 30,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(self, *, per_chat_interval: float = 1.0, global_rate: int = 30, clock: Clock = time.monotonic) -> None:
         self.per_chat_interval = per_chat_interval
-        self.emission = 1.0 / global_rate
-        # With a burst of b the bucket lets b messages out back to back, then one every 1/rate seconds.
-        self.tolerance = (global_burst - 1) * self.emission
         self.clock = clock
-        self._theoretical = 0.0  # GCRA's "theoretical arrival time" of the next global slot
-        self._chat_next: dict[int | str, float] = {}
+        self._recent: deque[float] = deque(maxlen=global_rate)  # start times of the last global_rate sends
+        self._chat_free: dict[int | str, float] = {}  # when each chat may get its next message
 
-    def reserve(self, chat_id: int | str) -> float:
-        """Reserve the next slot for ``chat_id``; returns the clock time at which the send may start."""
+    def chat_ready_at(self, chat_id: int | str) -> float:
+        """The earliest time the next message to ``chat_id`` may go."""
+        return max(self.clock(), self._chat_free.get(chat_id, 0.0))
+
+    def take_global_slot(self) -> float:
+        """Reserve a slot in the global window; returns when it starts (now, unless the window is full)."""
         now = self.clock()
-        start = max(now, self._chat_next.get(chat_id, now), self._theoretical - self.tolerance)
-        self._theoretical = max(self._theoretical, start) + self.emission
-        self._chat_next[chat_id] = start + self.per_chat_interval
-        self._forget_idle(now)
+        full = len(self._recent) == self._recent.maxlen
+        start = max(now, self._recent[0] + WINDOW) if full else now
+        self._recent.append(start)  # starts only grow, so the oldest of the last N is always at [0]
         return start
+
+    def sent(self, chat_id: int | str, at: float) -> None:
+        """A message to ``chat_id`` went at ``at``: the chat's next one waits ``per_chat_interval``."""
+        self._chat_free[chat_id] = max(self._chat_free.get(chat_id, 0.0), at + self.per_chat_interval)
+        if len(self._chat_free) > 4096:  # forget chats that are free again; memory stays flat
+            self._chat_free = {c: t for c, t in self._chat_free.items() if t > at}
 
     def delay(self, chat_id: int | str, seconds: float) -> None:
         """Telegram asked to wait ``seconds`` before writing to ``chat_id`` again."""
         until = self.clock() + seconds
-        self._chat_next[chat_id] = max(self._chat_next.get(chat_id, until), until)
-
-    def _forget_idle(self, now: float) -> None:
-        # A chat whose next slot has passed needs no entry; keeps memory flat over millions of chats.
-        if len(self._chat_next) > 1024:
-            self._chat_next = {c: t for c, t in self._chat_next.items() if t > now}
+        self._chat_free[chat_id] = max(self._chat_free.get(chat_id, 0.0), until)
 
 
 class Sender(BaseRequestMiddleware):
@@ -79,18 +81,29 @@ class Sender(BaseRequestMiddleware):
         self.pacer = pacer
         self.max_attempts = max_attempts
         self.sleep = sleep
+        self._chat_locks: dict[int | str, tuple[asyncio.Lock, int]] = {}
 
     async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
                        method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
         chat_id = getattr(method, "chat_id", None)
         if chat_id is None:
             return await make_request(bot, method)
+        # One message per chat at a time, in the order they were asked for (asyncio locks are fair).
+        lock = self._enter(chat_id)
+        try:
+            async with lock:
+                return await self._send(make_request, bot, method, chat_id)
+        finally:
+            self._leave(chat_id)
+
+    async def _send(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
+                    method: TelegramMethod[TelegramType], chat_id: int | str) -> Response[TelegramType]:
         for attempt in range(1, self.max_attempts + 1):
-            # 1. Wait for this chat's slot (and the global bucket's).
-            wait = self.pacer.reserve(chat_id) - self.pacer.clock()
-            if wait > 0:
-                await self.sleep(wait)
-            # 2. Send; a 429 moves the chat's next slot back and the message goes round again.
+            # 1. Wait for the chat's turn, then for a slot in the global window.
+            await self._until(self.pacer.chat_ready_at(chat_id))
+            await self._until(self.pacer.take_global_slot())
+            self.pacer.sent(chat_id, self.pacer.clock())
+            # 2. Send; a 429 holds this chat back as long as Telegram asks, then the message goes again.
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
@@ -100,9 +113,25 @@ class Sender(BaseRequestMiddleware):
         raise Overloaded(f"Telegram kept answering 429 to {method.__api_method__} for chat {chat_id} "
                          f"after {self.max_attempts} attempts; try again later")
 
+    async def _until(self, moment: float) -> None:
+        wait = moment - self.pacer.clock()
+        if wait > 0:
+            await self.sleep(wait)
+
+    def _enter(self, chat_id: int | str) -> asyncio.Lock:
+        lock, users = self._chat_locks.get(chat_id) or (asyncio.Lock(), 0)
+        self._chat_locks[chat_id] = (lock, users + 1)
+        return lock
+
+    def _leave(self, chat_id: int | str) -> None:
+        lock, users = self._chat_locks[chat_id]
+        if users == 1:
+            del self._chat_locks[chat_id]  # nobody else waits for this chat: drop its lock
+        else:
+            self._chat_locks[chat_id] = (lock, users - 1)
+
 
 def pacing_from_settings(settings: Any, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> Sender:
     """The ``Sender`` the bot settings describe."""
-    pacer = Pacer(per_chat_interval=settings.per_chat_interval, global_rate=settings.global_rate,
-                  global_burst=settings.global_burst, clock=clock)
+    pacer = Pacer(per_chat_interval=settings.per_chat_interval, global_rate=settings.global_rate, clock=clock)
     return Sender(pacer, max_attempts=settings.max_send_attempts, sleep=sleep)

@@ -21,8 +21,7 @@ class BotSettings(BaseSettings):
 
     # Telegram allows about 1 message/s per chat and 30/s overall (else 429 with retry_after).
     per_chat_interval: float = Field(default=1.0, ge=0, le=60, description="seconds between messages to one chat")
-    global_rate: float = Field(default=30.0, gt=0, le=1000, description="messages per second over all chats")
-    global_burst: int = Field(default=30, ge=1, le=1000, description="messages the global bucket may send at once")
+    global_rate: int = Field(default=30, ge=1, le=1000, description="most messages in any one second, all chats")
     max_send_attempts: int = Field(default=5, ge=1, le=50, description="tries per message when Telegram says 429")
 
     # /train: Telegram albums hold at most 10 photos, so 11-20 arrive as two albums; wait for quiet.
