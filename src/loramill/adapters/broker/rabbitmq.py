@@ -1,0 +1,302 @@
+"""The ``rabbitmq`` broker: durable priority queue, manual ack, dead-letter exchange, via aio-pika.
+
+What long jobs need from RabbitMQ (SPEC 5 item 9): the connection lives on an event loop in the
+adapter's own thread (``LoopThread``), so heartbeats go on while the worker's thread trains for
+hours; prefetch 1 so a busy worker holds one job; the queue's ``x-consumer-timeout`` above the
+longest job; ack only after the result is stored. ``connect_robust`` reconnects and restores the
+consumer after a broker restart; jobs are persistent and published with confirms, so a restart
+loses none. A delivery whose channel died is requeued by the server: acking it later is a no-op
+with a warning, and the job comes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
+
+from loramill.adapters.broker.base import Broker, Delivery
+from loramill.adapters.broker.loop_thread import LoopThread
+from loramill.adapters.broker.rabbitmq_config import RabbitMQSettings, job_queue_arguments, load_settings
+from loramill.errors import InvalidInput, LoramillError, TransientError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REASON_HEADER = "x-loramill-reason"
+ORIGIN_HEADER = "x-loramill-origin"  # the queue a dead letter came from
+
+
+class RabbitMQBroker(Broker):
+    """Broker port on RabbitMQ. ``RabbitMQBroker()`` reads ``LORAMILL_RABBITMQ_*``; keywords override."""
+
+    name = "rabbitmq"
+
+    def __init__(self, settings: RabbitMQSettings | None = None, **overrides: Any) -> None:
+        self.settings = load_settings(settings, **overrides)
+        self._loop = LoopThread(f"loramill-amqp[{self.settings.input_queue}]")
+        self._inbox: queue.Queue[AbstractIncomingMessage] = queue.Queue()
+        self._held: dict[str, AbstractIncomingMessage] = {}
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._consuming = False
+        self._closed = False
+        try:
+            self._call(self._open(), "connect")
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    async def _open(self) -> None:
+        s = self.settings
+        self._connection: AbstractRobustConnection = await aio_pika.connect_robust(
+            s.url.get_secret_value(),
+            heartbeat=s.heartbeat_seconds,
+            reconnect_interval=s.reconnect_interval_seconds,
+            timeout=s.operation_timeout_seconds,
+            client_properties={"connection_name": f"loramill {s.input_queue}"},
+        )
+        self._warn_if_consumer_timeout_ignored()
+        # Publishing and consuming on separate channels: a publish error closes only its channel,
+        # never the one holding a running job's delivery.
+        self._publisher: AbstractRobustChannel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._consumer: AbstractRobustChannel = await self._connection.channel()
+        await self._consumer.set_qos(prefetch_count=s.prefetch_count)
+        self._dead_exchange = await self._publisher.declare_exchange(
+            s.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead = await self._publisher.declare_queue(s.dead_letters, durable=True)
+        await dead.bind(self._dead_exchange, routing_key=s.input_queue)
+        self._events = await self._publisher.declare_queue(s.output_queue, durable=True)
+        self._jobs = await self._consumer.declare_queue(s.input_queue, durable=True, arguments=job_queue_arguments(s))
+
+    def _warn_if_consumer_timeout_ignored(self) -> None:
+        transport = self._connection.transport
+        version = transport.connection.server_properties.get("version", "") if transport else ""
+        text = version.decode() if isinstance(version, bytes) else str(version)
+        numbers = tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+        if numbers and numbers < (3, 12):
+            log.warning(
+                "RabbitMQ %s ignores x-consumer-timeout: set consumer_timeout in rabbitmq.conf above the "
+                "longest job, or a long job's channel is closed after 30 minutes",
+                text,
+            )
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def publish_job(self, body: bytes, *, task_id: str, priority: int = 0) -> None:
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=max(0, min(int(priority), self.settings.max_priority)),
+            message_id=task_id,
+            content_type="application/json",
+            headers={"taskId": task_id},
+        )
+        self._call(self._publish(lambda: self._publisher.default_exchange, message, self.settings.input_queue),
+                   "publish a job")
+
+    def publish_event(self, body: bytes, *, task_id: str) -> None:
+        message = aio_pika.Message(
+            body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=task_id,
+            content_type="application/json", headers={"taskId": task_id},
+        )
+        self._call(self._publish(lambda: self._publisher.default_exchange, message, self.settings.output_queue),
+                   "publish an event")
+
+    async def _publish(self, exchange: Callable[[], aio_pika.abc.AbstractExchange], message: aio_pika.Message,
+                       routing_key: str) -> None:
+        """Publish with a broker confirm; while the connection is being restored, wait and retry."""
+        deadline = time.monotonic() + self.settings.operation_timeout_seconds
+        while True:
+            try:
+                await exchange().publish(message, routing_key=routing_key, mandatory=True)
+                return
+            except (ChannelInvalidStateError, aiormq.exceptions.ConnectionClosed, ConnectionError) as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                log.info("RabbitMQ unavailable (%s); publishing again once reconnected", type(exc).__name__)
+                await asyncio.wait_for(self._publisher.ready(), remaining)
+
+    # -- consuming jobs --------------------------------------------------------------------------
+
+    def receive(self, timeout: float) -> Delivery | None:
+        self._start_consuming()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if _channel_gone(message):
+                continue  # delivered on a channel that has died: the server has requeued it
+            delivery_id = f"{message.delivery_tag}#{next(self._seq)}"
+            with self._lock:
+                self._held[delivery_id] = message
+            return Delivery(
+                body=message.body, delivery_id=delivery_id, redelivered=bool(message.redelivered),
+                headers=_plain_headers(message.headers),
+            )
+
+    def _start_consuming(self) -> None:
+        with self._lock:
+            if self._consuming:
+                return
+            self._consuming = True
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            self._inbox.put(message)
+
+        # Started on first receive() only: a gateway that just publishes must not take jobs.
+        self._call(self._jobs.consume(on_message), "start consuming")
+
+    def ack(self, delivery: Delivery) -> None:
+        self._settle(delivery, "ack", lambda message: message.ack())
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
+        if not requeue:
+            # Through dead_letter, so the reason travels with it like on the other brokers.
+            self.dead_letter(delivery, "rejected by the worker without requeue")
+            return
+        self._settle(delivery, "nack", lambda message: message.nack(requeue=True))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        message = self._held.get(delivery.delivery_id)
+        if message is None or _channel_gone(message):
+            self._settle(delivery, "dead_letter", lambda m: m.ack())  # warns and forgets
+            return
+        copy = aio_pika.Message(
+            message.body,
+            headers={**(message.headers or {}), REASON_HEADER: reason, ORIGIN_HEADER: self.settings.input_queue},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type=message.content_type,
+            message_id=message.message_id,
+        )
+        # Published (and confirmed) first, acked second: a failure between leaves a duplicate dead
+        # letter, never a lost job.
+        self._call(self._publish(lambda: self._dead_exchange, copy, self.settings.input_queue),
+                   "publish a dead letter")
+        log.warning("dead-lettered %s: %s", message.message_id or delivery.delivery_id, reason,
+                    extra={"task_id": message.message_id})
+        self._settle(delivery, "dead_letter", lambda m: m.ack())
+
+    def _settle(self, delivery: Delivery, what: str,
+                action: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
+        with self._lock:
+            message = self._held.pop(delivery.delivery_id, None)
+
+        async def settle() -> bool:
+            if message is None:
+                return False
+            try:
+                await action(message)
+                return True
+            except CONNECTION_EXCEPTIONS:
+                return False  # its channel is gone; the server requeued the delivery
+
+        if not self._call(settle(), what):
+            log.warning("RabbitMQ %s of %s ignored: its channel closed, so it will be delivered again",
+                        what, delivery.delivery_id)
+
+    # -- events, depth, lifecycle ------------------------------------------------------------------
+
+    def consume_events(self, timeout: float) -> list[bytes]:
+        """Events from the output queue: waits up to ``timeout`` for the first, then takes what is there."""
+
+        async def drain() -> list[bytes]:
+            bodies: list[bytes] = []
+            deadline = time.monotonic() + timeout
+            while True:
+                message = await self._events.get(no_ack=True, fail=False, timeout=timeout + 5)
+                if message is not None:
+                    bodies.append(message.body)
+                elif bodies or time.monotonic() >= deadline:
+                    return bodies
+                else:
+                    await asyncio.sleep(0.05)
+
+        return self._call(drain(), "read events", timeout + self.settings.operation_timeout_seconds)
+
+    def queue_depth(self) -> int | None:
+        """Jobs ready in the input queue (not counting the ones workers hold)."""
+
+        async def depth() -> int:
+            declared = await self._jobs.declare()
+            return int(declared.message_count or 0)
+
+        return self._call(depth(), "read the queue depth")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # Unacked deliveries go back to the queue when the channel closes.
+            self._call(self._connection.close(), "close")
+        except LoramillError as exc:
+            log.warning("RabbitMQ close: %s", exc.message)
+        finally:
+            self._loop.stop()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T], action: str, timeout: float | None = None) -> T:
+        """Run ``coroutine`` on the I/O loop; AMQP errors come out as loramill's."""
+        timeout = self.settings.operation_timeout_seconds + 5 if timeout is None else timeout
+        try:
+            return self._loop.run(coroutine, timeout)
+        except TimeoutError:
+            raise TransientError(f"RabbitMQ did not {action} within {timeout:.0f}s") from None
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise InvalidInput(
+                f"RabbitMQ refused to {action}: {self._scrub(exc)}. A queue with other arguments exists: "
+                "delete it or choose another LORAMILL_RABBITMQ_INPUT_QUEUE",
+                field="LORAMILL_RABBITMQ_INPUT_QUEUE",
+            ) from None
+        except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.ChannelAccessRefused) as exc:
+            raise InvalidInput(
+                f"RabbitMQ refused to {action}: {self._scrub(exc)}; check the user, password and vhost in "
+                f"LORAMILL_RABBITMQ_URL ({self.settings.redacted_url()})",
+                code="broker_auth_failed",
+                field="LORAMILL_RABBITMQ_URL",
+            ) from None
+        except CONNECTION_EXCEPTIONS as exc:
+            raise TransientError(f"RabbitMQ could not {action}: {type(exc).__name__}: {self._scrub(exc)}") from None
+
+    def _scrub(self, exc: BaseException) -> str:
+        """``exc``'s text without the URL's password, whatever library put it there."""
+        text = str(exc)
+        url = self.settings.url.get_secret_value()
+        password = aio_pika.connection.make_url(url).password
+        return text.replace(url, self.settings.redacted_url()).replace(password, "******") if password else text
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:
+        return True
+
+
+def _plain_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """AMQP headers with byte strings decoded where they are text."""
+    plain: dict[str, Any] = {}
+    for name, value in (headers or {}).items():
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        plain[name] = value
+    return plain
