@@ -164,7 +164,7 @@ class BotApiStandIn:
 
     async def _getupdates(self, params: dict[str, str], uploads: dict[str, bytes], now: float) -> list[Any]:
         offset = int(params.get("offset") or 0)
-        timeout = min(float(params.get("timeout") or 0), 1.0)  # short polls keep test shutdown quick
+        timeout = min(float(params.get("timeout") or 0), 0.25)  # short polls keep test shutdown quick
         pending = [u for u in self.updates if u["update_id"] >= offset]
         if not pending and timeout > 0:
             self._new_update.clear()
