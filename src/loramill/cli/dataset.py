@@ -37,6 +37,7 @@ def register(subparsers: Any) -> None:
     what.add_argument("--florence2-model", help="Florence-2 folder in transformers format")
     what.add_argument("--florence2-task", help="<CAPTION>, <DETAILED_CAPTION> (default) or <MORE_DETAILED_CAPTION>")
     what.add_argument("--blip-model", help="BLIP captioning model folder")
+    what.add_argument("--caption-max-tokens", type=int, help="longest model caption, in tokens (default 96)")
 
     size = prepare.add_argument_group("size and framing")
     size.add_argument("--resolution", type=int, help="training resolution (default 512)")
@@ -83,7 +84,7 @@ def build_config(args: argparse.Namespace) -> Any:
     from loramill.engine.dataset.config import DatasetConfig
 
     names = ("subject", "trigger_word", "class_word", "captioner", "caption_prefix", "caption_suffix",
-             "florence2_model", "florence2_task", "blip_model", "resolution", "bucket", "bucket_min_side",
+             "florence2_model", "florence2_task", "blip_model", "caption_max_tokens", "resolution", "bucket", "bucket_min_side",
              "bucket_max_side", "bucket_step", "upscale", "background", "face_margin", "style_max_crops",
              "image_format", "min_images", "max_images", "min_side", "max_pixels", "near_duplicate_distance",
              "allow_private_urls", "url_timeout", "url_retries", "zip_max_entries", "num_repeats", "batch_size")

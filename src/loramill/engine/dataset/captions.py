@@ -11,9 +11,10 @@ from __future__ import annotations
 import gc
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loramill.errors import DependencyMissing, InvalidInput
 
@@ -27,7 +28,6 @@ Captioner = Callable[["Image.Image"], str]
 DEFAULT_FLORENCE2 = "florence-community/Florence-2-base"
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
 FLORENCE2_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
-MAX_NEW_TOKENS = 77  # CLIP reads 77 tokens; longer captions are cut by the text encoder anyway
 
 
 def template_caption(config: DatasetConfig) -> str:
@@ -37,7 +37,8 @@ def template_caption(config: DatasetConfig) -> str:
     """
     parts = [config.trigger_word]
     if config.class_word:
-        parts.append(f"a {config.class_word}" if config.subject != "style" else config.class_word)
+        article = "an" if config.class_word[0].lower() in "aeiou" else "a"
+        parts.append(f"{article} {config.class_word}" if config.subject != "style" else config.class_word)
     if config.subject == "object" and config.background == (255, 255, 255):
         parts.append("white background")
     parts.extend(config.style_keywords)
@@ -52,6 +53,8 @@ def has_trigger(caption: str, trigger: str) -> bool:
 def finish_caption(raw: str, config: DatasetConfig) -> str:
     """Clean a caption to one line, add prefix and suffix, and put the trigger word first if missing."""
     text = re.sub(r"</?s>|<pad>|<unk>", " ", raw)
+    # control characters and U+FFFD (half a UTF-8 character) break caption files and tokenizers alike
+    text = "".join(" " if unicodedata.category(c) == "Cc" or c == "\ufffd" else c for c in text)
     text = " ".join(text.split()).strip(" ,")
     text = f"{config.caption_prefix}{text}{config.caption_suffix}"
     text = " ".join(text.split()).strip(" ,")
@@ -81,13 +84,13 @@ def _florence2(config: DatasetConfig) -> tuple[Captioner, Callable[[], None]]:
         raise _unavailable("florence2", source, "--florence2-model", exc) from exc
     held = [model.to(device).eval()]  # a list so release() can drop the only reference
     del model
-    task = config.florence2_task
+    task, max_tokens = config.florence2_task, config.caption_max_tokens
 
     def caption(image: Image.Image) -> str:
         inputs = processor(text=task, images=image.convert("RGB"), return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         with torch.inference_mode():
-            ids = held[0].generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3, do_sample=False)
+            ids = held[0].generate(**inputs, max_new_tokens=max_tokens, num_beams=3, do_sample=False)
         return str(processor.batch_decode(ids, skip_special_tokens=True)[0])
 
     return caption, lambda: _free(held, torch)
@@ -104,12 +107,13 @@ def _blip(config: DatasetConfig) -> tuple[Captioner, Callable[[], None]]:
         raise _unavailable("blip", source, "--blip-model", exc) from exc
     held = [model.to(device).eval()]
     del model
+    max_tokens = config.caption_max_tokens
 
     def caption(image: Image.Image) -> str:
         inputs = processor(images=image.convert("RGB"), return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         with torch.inference_mode():
-            ids = held[0].generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3, do_sample=False)
+            ids = held[0].generate(**inputs, max_new_tokens=max_tokens, num_beams=3, do_sample=False)
         return str(processor.decode(ids[0], skip_special_tokens=True))
 
     return caption, lambda: _free(held, torch)
@@ -145,7 +149,7 @@ class LazyCaptioner:
         self._caption, self._release = None, _nothing
 
 
-def _import_transformers(name: str):  # type: ignore[no-untyped-def]
+def _import_transformers(name: str) -> tuple[Any, Any]:
     try:
         import torch
         import transformers
@@ -155,7 +159,7 @@ def _import_transformers(name: str):  # type: ignore[no-untyped-def]
     return transformers, torch
 
 
-def _device_and_dtype(torch):  # type: ignore[no-untyped-def]
+def _device_and_dtype(torch: Any) -> tuple[str, Any]:
     if torch.cuda.is_available():
         return "cuda", torch.float16
     return "cpu", torch.float32
@@ -184,7 +188,7 @@ def _unavailable(name: str, source: str, option: str, exc: Exception) -> Invalid
                         code="captioner_unavailable", field=option.lstrip("-").replace("-", "_"))
 
 
-def _free(held: list, torch) -> None:  # type: ignore[no-untyped-def]
+def _free(held: list[Any], torch: Any) -> None:
     held.clear()
     gc.collect()
     if torch.cuda.is_available():

@@ -56,6 +56,7 @@ class DatasetConfig:
     florence2_model: str | None = None  # a local folder or hub id; None = florence-community/Florence-2-base
     florence2_task: str = "<DETAILED_CAPTION>"
     blip_model: str | None = None  # None = Salesforce/blip-image-captioning-base
+    caption_max_tokens: int = 96  # model captioners; CLIP encoders read 77 tokens, T5 (FLUX) up to 512
     # how many images, and which ones are good enough
     min_images: int = 3
     max_images: int = 1000
@@ -65,8 +66,8 @@ class DatasetConfig:
     near_duplicate_distance: int = 6  # Hamming distance on 64-bit perceptual hashes; 0 = exact only
     # framing: one centre crop at resolution², or kohya-style aspect buckets of about that area
     bucket: bool = False
-    bucket_min_side: int = 256
-    bucket_max_side: int = 1024
+    bucket_min_side: int | None = None  # None = resolution / 2 (256 at 512, as sd-scripts users set it)
+    bucket_max_side: int | None = None  # None = resolution × 2 (1024 at 512, 2048 for SDXL's 1024)
     bucket_step: int = 64
     upscale: bool = False
     background: tuple[int, int, int] = (255, 255, 255)
@@ -104,18 +105,22 @@ class DatasetConfig:
         if self.resolution < 64 or self.resolution % 8:
             _bad("resolution", self.resolution, "use a multiple of 8 of at least 64, e.g. 512 or 1024")
         for name in ("min_images", "max_images", "min_side", "max_pixels", "max_file_bytes", "url_max_bytes",
-                     "zip_max_entries", "zip_max_bytes", "num_repeats", "batch_size"):
+                     "zip_max_entries", "zip_max_bytes", "num_repeats", "batch_size", "caption_max_tokens"):
             if getattr(self, name) < 1:
                 _bad(name, getattr(self, name), "use a positive number")
         if self.min_images > self.max_images:
             _bad("min_images", self.min_images, f"it must not exceed max_images ({self.max_images})")
         if self.bucket_step < 8 or self.bucket_step % 8:
             _bad("bucket_step", self.bucket_step, "use a multiple of 8, usually 64")
-        if not self.bucket_min_side <= self.resolution <= self.bucket_max_side:
+        if self.bucket_min_side is None:
+            self.bucket_min_side = max(self.bucket_step, self.resolution // 2 // self.bucket_step * self.bucket_step)
+        if self.bucket_max_side is None:
+            self.bucket_max_side = self.resolution * 2
+        if self.bucket_min_side > self.resolution or self.bucket_min_side < self.bucket_step:
             _bad("bucket_min_side", self.bucket_min_side,
-                 f"need bucket_min_side <= resolution ({self.resolution}) <= bucket_max_side ({self.bucket_max_side})")
-        if self.bucket_min_side < self.bucket_step:
-            _bad("bucket_min_side", self.bucket_min_side, f"use at least bucket_step ({self.bucket_step})")
+                 f"use a value from bucket_step ({self.bucket_step}) up to resolution ({self.resolution})")
+        if self.bucket_max_side < self.resolution:
+            _bad("bucket_max_side", self.bucket_max_side, f"use at least resolution ({self.resolution})")
         if not 0 <= self.near_duplicate_distance <= 32:
             _bad("near_duplicate_distance", self.near_duplicate_distance, "use 0 (off) to 32; 6 suits most sets")
         if not 0 <= self.face_margin <= 3:
@@ -124,6 +129,10 @@ class DatasetConfig:
             _bad("style_max_crops", self.style_max_crops, "use 0 or more")
         if self.url_timeout <= 0 or self.url_retries < 0 or self.url_backoff < 0:
             _bad("url_timeout", self.url_timeout, "timeouts must be positive, retries and backoff not negative")
+
+    def bucket_sides(self) -> tuple[int, int]:
+        """(min, max) bucket side, with the defaults derived from the resolution already applied."""
+        return int(self.bucket_min_side or 0), int(self.bucket_max_side or 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values, recorded in manifest.json so a dataset says how it was made."""

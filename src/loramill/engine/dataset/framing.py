@@ -25,8 +25,9 @@ class Framed:
 def frame_region(image: Image.Image, config: DatasetConfig) -> Framed:
     """Crop and resize ``image`` as ``config`` says: bucketed when ``config.bucket``, else a centred square."""
     if config.bucket:
-        bucket = choose_bucket(image.size, resolution=config.resolution, min_side=config.bucket_min_side,
-                               max_side=config.bucket_max_side, step=config.bucket_step, upscale=config.upscale)
+        min_side, max_side = config.bucket_sides()
+        bucket = choose_bucket(image.size, resolution=config.resolution, min_side=min_side, max_side=max_side,
+                               step=config.bucket_step, upscale=config.upscale)
         return Framed(cover_and_crop(image, bucket), bucket)
     side = min(image.size)
     square = centre_crop(image, (side, side))

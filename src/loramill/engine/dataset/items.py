@@ -79,7 +79,7 @@ def _from_manifest(manifest: Path) -> list[DatasetItem]:
         caption_file = image_path.with_suffix(".txt")
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else entry["caption"]
         bucket = entry.get("bucket")
-        items.append(DatasetItem(image_path, caption, tuple(bucket) if bucket else None))  # type: ignore[arg-type]
+        items.append(DatasetItem(image_path, caption, (int(bucket[0]), int(bucket[1])) if bucket else None))
     return items
 
 

@@ -43,7 +43,8 @@ def dataset_toml(config: DatasetConfig, image_dir: Path, caption_extension: str 
         "enable_bucket": config.bucket,
     }
     if config.bucket:
-        dataset.update(min_bucket_reso=config.bucket_min_side, max_bucket_reso=config.bucket_max_side,
+        min_side, max_side = config.bucket_sides()
+        dataset.update(min_bucket_reso=min_side, max_bucket_reso=max_side,
                        bucket_reso_steps=config.bucket_step, bucket_no_upscale=not config.upscale)
     dataset["subsets"] = [subset]
     return {"general": {"caption_extension": caption_extension, "shuffle_caption": False},

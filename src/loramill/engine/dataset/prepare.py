@@ -124,7 +124,7 @@ def _prepare_one(file: SourceFile, kept_so_far: int, staging: Path, config: Data
     regions = subject_regions(decoded, config)
     sidecar = (file.caption() or "").strip()
     stem = safe_stem(file.name)
-    kept = []
+    kept: list[KeptImage] = []
     for region in regions:
         framed = frame_region(region.image, config)
         name = f"{kept_so_far + len(kept) + 1:04d}_{stem}{region.suffix}.{config.image_format}"
@@ -142,7 +142,7 @@ def _prepare_one(file: SourceFile, kept_so_far: int, staging: Path, config: Data
 
 def safe_stem(name: str) -> str:
     """A short file-name-safe stem from a path, archive entry, key or URL: ``a/b/My Photo!.JPG`` -> ``My_Photo``."""
-    last = re.split(r"[\\/!?#]", name.rstrip("/"))
+    last = re.split(r"(?<=\.zip)!|[\\/?#]", name.rstrip("/"), flags=re.IGNORECASE)
     tail = next((part for part in reversed(last) if part and "=" not in part), "") or "image"
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", tail.rsplit(".", 1)[0]).strip("_")[:40]
     return stem or "image"

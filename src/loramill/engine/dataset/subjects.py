@@ -43,8 +43,9 @@ def face_regions(decoded: DecodedImage, config: DatasetConfig) -> list[Region]:
     """A square around the largest face; an image without a face is rejected."""
     faces = detect_faces(decoded.image)
     if not faces:
-        raise Rejected("no_face", "no face found (OpenCV Haar cascade, frontal and profile); use a photo where the "
-                       "face is visible, or --subject object/style for pictures of something else")
+        raise Rejected("no_face", "no face found (OpenCV Haar cascade, frontal and profile; faces under a tenth of "
+                       "the picture are ignored); use a photo where the face is clearly visible, or --subject "
+                       "object/style for pictures of something else")
     warnings = []
     if len(faces) > 1:
         largest = faces[0]
