@@ -118,6 +118,11 @@ def test_fetch_url_refuses_redirect_to_private_address(http_server: Served, targ
     assert "/a.jpg" not in http_server.hits  # the redirect target was never contacted
 
 
+def test_fetch_url_refuses_metadata_address_even_when_private_allowed() -> None:
+    error = refusal("http://169.254.169.254/latest/meta-data/", allow_private=True)
+    assert error.code == "blocked_address"
+
+
 def test_fetch_url_refuses_name_resolving_to_any_private_address() -> None:
     def rebinding_dns(host: str, port: int) -> list[str]:
         return ["93.184.216.34", "10.1.2.3"]  # one public, one private: the private one decides

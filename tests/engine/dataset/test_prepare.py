@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from loramill.engine.dataset.config import DatasetConfig
 from loramill.engine.dataset.items import load_dataset
 from loramill.engine.dataset.prepare import prepare_dataset, safe_stem
-from loramill.engine.progress import Progress
+from loramill.engine.progress import Progress, StopRequested
 from loramill.errors import InvalidInput, NotFound
 
 from .conftest import jpeg_bytes, photo, png_bytes, sideways_phone_photo
@@ -83,6 +84,29 @@ def test_prepare_refuses_more_files_than_max_images_before_decoding(tmp_path: Pa
         prepare_dataset([str(folder)], tmp_path / "out", replace(config, max_images=10))
     assert caught.value.code == "too_many_images"
     assert "12 files" in caught.value.message and "--max-images" in caught.value.message
+
+
+def test_prepare_ten_thousand_files_refused_fast_with_default_cap(tmp_path: Path, config: DatasetConfig) -> None:
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    for i in range(10_000):
+        (folder / f"IMG_{i:05d}.jpg").write_bytes(b"x")
+    started = time.monotonic()
+    with pytest.raises(InvalidInput) as caught:
+        prepare_dataset([str(folder)], tmp_path / "out", DatasetConfig())
+    assert caught.value.code == "too_many_images" and "10,000 files, more than max_images 1,000" in caught.value.message
+    assert time.monotonic() - started < 5
+
+
+def test_prepare_stops_when_progress_callback_asks_and_leaves_nothing(messy_folder: Path, tmp_path: Path,
+                                                                      config: DatasetConfig) -> None:
+    def cancel_at_third(report: Progress) -> None:
+        if report.step == 3:
+            raise StopRequested()
+
+    with pytest.raises(StopRequested):
+        prepare_dataset([str(messy_folder)], tmp_path / "out", config, progress=cancel_at_third)
+    assert not (tmp_path / "out").exists()
 
 
 def test_prepare_phone_photo_upright_and_rgba_on_white(tmp_path: Path, config: DatasetConfig) -> None:

@@ -46,13 +46,19 @@ def is_public_address(ip: IPAddress) -> bool:
 
     IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo) are judged by the embedded address.
     """
+    ip = _embedded(ip)
     if ip in _METADATA:
         return False
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved
+
+
+def _embedded(ip: IPAddress) -> IPAddress:
+    """The IPv4 address inside an IPv4-mapped, 6to4 or Teredo IPv6 address; else ``ip`` itself."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if embedded is not None:
-            return is_public_address(embedded)
-    return ip.is_global and not ip.is_multicast and not ip.is_reserved
+            return embedded
+    return ip
 
 
 @dataclass
@@ -72,6 +78,8 @@ class FetchOptions:
     def allowed(self, host: str, ip: IPAddress) -> bool:
         if self.is_allowed is not None:
             return self.is_allowed(host, ip)
+        if _embedded(ip) in _METADATA:
+            return False  # no local setup needs the cloud metadata service for images: never, even when private is ok
         return self.allow_private or is_public_address(ip)
 
 
@@ -97,10 +105,14 @@ class _GuardedBackend(httpcore.SyncBackend):
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         if not addresses:
             raise httpcore.ConnectError(f"{host} resolves to no address")
-        refused = [str(ip) for ip in addresses if not self.options.allowed(host, ip)]
+        refused = [ip for ip in addresses if not self.options.allowed(host, ip)]
         if refused:
-            raise _Blocked(f"{host} resolves to {', '.join(refused)}, a loopback, private, link-local or "
-                           "metadata address; refused (allow_private_urls / --allow-private-urls is for local use)")
+            listed = ", ".join(str(ip) for ip in refused)
+            where = f"{host} is" if host.strip("[]") == listed else f"{host} resolves to {listed},"
+            if any(_embedded(ip) in _METADATA for ip in refused):
+                raise _Blocked(f"{where} a cloud metadata address; always refused")
+            raise _Blocked(f"{where} a loopback, private, link-local or reserved address; refused "
+                           "(allow_private_urls / --allow-private-urls is for local use only)")
         last: Exception | None = None
         for ip in addresses:  # connect to the checked address itself, never re-resolve the name
             try:
