@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from loramill.engine.families.base import ImageMeta, add_noise_ddpm, ddpm_target, load_pipeline_of
-from loramill.engine.families.sd15 import _noise_scheduler, encode_images  # noqa: F401  (same VAE handling)
+# Same VAE handling and the same pipeline arguments as SD 1.5.
+from loramill.engine.families.sd15 import _noise_scheduler, encode_images, generation_kwargs  # noqa: F401
 
 PIPELINE_CLASS = "StableDiffusionXLPipeline"
 DENOISER = "unet"
@@ -52,9 +53,3 @@ def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tens
                      added_cond_kwargs=added, return_dict=False)[0]
     return pred, ddpm_target(scheduler, latents, noise, timesteps)
 
-
-def generation_kwargs(*, prompt: str, negative_prompt: str, steps: int, guidance: float, width: int,
-                      height: int, num_images: int, generator: torch.Generator) -> dict[str, Any]:
-    return dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
-                guidance_scale=guidance, width=width, height=height, num_images_per_prompt=num_images,
-                generator=generator)
