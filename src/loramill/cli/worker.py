@@ -1,0 +1,68 @@
+"""``loramill worker``: take training and generation jobs from the broker until SIGTERM.
+
+Configured through the environment (``LORAMILL_*``, and Selfix's ``KAFKA_*`` / ``S3_*`` as they are);
+flags override the worker's own settings. Logs are JSON lines on stderr with the task id on each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from types import FrameType
+
+log = logging.getLogger("loramill.worker")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run jobs from the queue (train, generate)", description=__doc__)
+    p.add_argument("--jobs", help="job kinds to take, comma-separated (default: train,generate; "
+                                  "env LORAMILL_WORKER_JOBS)")
+    p.add_argument("--broker", choices=["sql", "kafka", "rabbitmq"], help="default: LORAMILL_BROKER or sql")
+    p.add_argument("--http-port", type=int, help="port of /healthz and /metrics (0 = off; env "
+                                                 "LORAMILL_WORKER_HTTP_PORT)")
+    p.add_argument("--max-jobs", type=int, help="exit after this many deliveries (default: run until SIGTERM)")
+    p.add_argument("--log-format", choices=["json", "text"], help="default: json (env LORAMILL_LOG_FORMAT)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loramill.config import load_config, open_broker, open_storage, open_store
+    from loramill.jobs.health import HealthServer
+    from loramill.jobs.worker import Worker
+    from loramill.logs import configure_logging
+
+    # 1. Settings (secrets registered with the redactor before the first log line)
+    config = load_config(jobs=args.jobs, broker=args.broker, http_port=args.http_port,
+                         log_format=args.log_format)
+    settings = config.worker
+    configure_logging("DEBUG" if args.verbose else settings.log_level, settings.log_format)
+
+    # 2. Store, storage, broker
+    store = open_store(config)
+    storage = open_storage(config)
+    broker = open_broker(config, store)
+    worker = Worker(settings, broker, store, storage)
+
+    # 3. SIGTERM / SIGINT: stop taking jobs, checkpoint and hand back the running one, exit
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    # 4. Health and metrics port, then the loop
+    health = None
+    if settings.http_port:
+        health = HealthServer(settings.http_host, settings.http_port, lambda: {
+            "status": "stopping" if worker.shutdown.is_set() else "ok", "broker": broker.name,
+            "jobs": settings.jobs, "busy": worker.current_task is not None, "handled": worker.handled}).start()
+    try:
+        worker.run(max_jobs=args.max_jobs)
+    finally:
+        broker.close()
+        store.close()
+        if health is not None:
+            health.stop()
+    return 0

@@ -1,0 +1,77 @@
+"""One place that reads the environment and builds the worker's parts: store, storage, broker, settings.
+
+Each adapter owns its settings class (``StoreSettings``, ``StorageSettings``, ``KafkaSettings``, …) with
+its own variable names, Selfix's ``KAFKA_*`` and ``S3_*`` included as they are; this module only
+gathers them, registers every secret with the log redactor before anything is logged, and builds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from loramill.adapters.broker import Broker, make_broker
+from loramill.adapters.storage import Storage, StorageSettings, load_storage_settings, make_storage
+from loramill.adapters.store import JobStore, StoreSettings
+from loramill.jobs.settings import WorkerSettings, load_worker_settings
+from loramill.logs import register_secret
+
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|PRIVATE", re.I)
+
+
+@dataclass
+class Config:
+    """The settings of every part a worker needs."""
+
+    worker: WorkerSettings
+    storage: StorageSettings
+    store: StoreSettings
+
+
+def load_config(**worker_overrides: Any) -> Config:
+    """Read every part's settings from the environment (``worker_overrides`` win for the worker's own)."""
+    register_environment_secrets(os.environ)
+    return Config(worker=load_worker_settings(**worker_overrides), storage=load_storage_settings(),
+                  store=StoreSettings())
+
+
+def register_environment_secrets(environ: dict[str, str] | os._Environ[str]) -> None:
+    """Mask, in every log line, the values of secret-looking variables and passwords inside URLs."""
+    for name, value in environ.items():
+        if _SECRET_NAME.search(name):
+            register_secret(value)
+        if "://" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                continue
+            if password:
+                register_secret(password)
+
+
+def open_store(config: Config) -> JobStore:
+    """The job store ``LORAMILL_DATABASE_URL`` names (migrated to the current schema)."""
+    return JobStore.from_settings(config.store)
+
+
+def open_storage(config: Config) -> Storage:
+    """Local folder or S3, as ``LORAMILL_STORAGE`` / ``S3_*`` say."""
+    return make_storage(config.storage)
+
+
+def open_broker(config: Config, store: JobStore) -> Broker:
+    """The broker ``LORAMILL_BROKER`` names; the ``sql`` broker shares the job store's database."""
+    kind = config.worker.broker
+    if kind == "sql":
+        return make_broker("sql", store_or_url=store, lease_seconds=config.worker.sql_lease_seconds)
+    if kind == "kafka":
+        from loramill.adapters.broker.kafka_config import load_settings
+
+        settings = load_settings()
+        if settings.sasl_password is not None:
+            register_secret(settings.sasl_password)
+        return make_broker("kafka", settings=settings)
+    return make_broker(kind)

@@ -1,0 +1,145 @@
+"""Writing down a job's life: the job store first, the output topic / queue second.
+
+The order is what makes effects happen once per ``taskId`` under at-least-once delivery. The store's
+status machine lets exactly one outcome through (``transition`` refuses to leave a terminal state);
+whoever loses that race, or a redelivery of a finished job, publishes the *stored* outcome instead of
+its own, so every copy of the result a client sees is the same. A crash between storing and
+publishing is healed by the redelivery that follows it: the job is finished, so its stored result is
+published again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from loramill.adapters.broker.base import Broker
+from loramill.adapters.storage.base import Storage
+from loramill.adapters.store import JobRecord, JobStore
+from loramill.errors import Conflict, LoramillError, TransientError
+from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, Progress, TrainingJob
+from loramill.jobs.retry import RetryPolicy, retrying
+from loramill.jobs.status import JobStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Job = TrainingJob | GenerationJob
+
+
+class JobRecorder:
+    """Claims jobs and records their events in the store, then publishes them on the broker."""
+
+    def __init__(self, store: JobStore, broker: Broker, storage: Storage, policy: RetryPolicy,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.store = store
+        self.broker = broker
+        self.storage = storage
+        self.policy = policy
+        self.should_stop = should_stop
+
+    def io(self, operation: str, fn: Callable[[], T]) -> T:
+        """``fn()`` with transient failures retried (backoff + jitter)."""
+        return retrying(operation, fn, self.policy, should_stop=self.should_stop)
+
+    # -- claiming --------------------------------------------------------------------------------
+
+    def claim(self, job: Job) -> JobRecord:
+        """The job's record, created ``queued`` if the gateway did not create it already."""
+        try:
+            record, _ = self.io("store.create_job", lambda: self.store.create_job(
+                job.task_id, job.user_id, job.kind, job.to_payload(), priority=job.priority))
+            return record
+        except Conflict:
+            # The gateway may have stored the request in another normal form; the same user and kind
+            # under the same taskId is the same job. Anything else is a different job reusing the id.
+            existing = self.io("store.get_job", lambda: self.store.get_job(job.task_id))
+            if existing is not None and existing.user_id == job.user_id and existing.kind == job.kind:
+                return existing
+            raise
+
+    def start(self, job: Job) -> bool:
+        """Mark the job processing (an attempt more) and tell the client; ``False`` if it is terminal."""
+        event = JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.PROCESSING)
+        moved = self.io("store.transition", lambda: self.store.transition(
+            job.task_id, JobStatus.PROCESSING, event=event.to_dict()))
+        if moved:
+            self.publish(event)
+        return moved
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether the job's owner asked to cancel it."""
+        return self.io("store.is_cancel_requested", lambda: self.store.is_cancel_requested(task_id))
+
+    # -- while running -----------------------------------------------------------------------------
+
+    def progress(self, job: Job, step: int, total: int, stage: str) -> None:
+        """Record and publish a ``processing`` event with progress; a failure here never fails the job."""
+        progress = Progress(step=step, total_steps=total, stage=stage)
+        event = JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.PROCESSING, progress=progress)
+        try:
+            if self.store.set_progress(job.task_id, progress.model_dump(by_alias=True, exclude_none=True)):
+                self.store.append_event(job.task_id, event.to_dict())
+            self.broker.publish_event(event.to_json(), task_id=job.task_id)
+        except TransientError as exc:
+            log.warning("progress of step %d/%d not recorded: %s", step, total, exc.message)
+
+    # -- outcomes ------------------------------------------------------------------------------------
+
+    def finish(self, event: JobEvent) -> JobEvent:
+        """Store a terminal ``event`` and publish it; returns the event that was published.
+
+        If the job was already finished (a duplicate run lost the race), the stored outcome is
+        published instead of ``event``.
+        """
+        status = JobStatus(event.status)
+        result = event.to_dict() if status is JobStatus.COMPLETED else None
+        error = event.error.model_dump() if event.error is not None else None
+        moved = self.io("store.transition", lambda: self.store.transition(
+            event.task_id, status, result=result, error=error, event=event.to_dict()))
+        if not moved:
+            record = self.io("store.get_job", lambda: self.store.get_job(event.task_id))
+            if record is not None and JobStatus(record.status).terminal:
+                log.info("job was already %s; publishing the stored outcome instead", record.status)
+                event = self.stored_outcome(record)
+        self.publish(event)
+        return event
+
+    def hand_back(self, task_id: str) -> None:
+        """Mark the job queued again before its delivery is returned to the broker."""
+        try:
+            self.io("store.transition", lambda: self.store.transition(task_id, JobStatus.QUEUED))
+        except (Conflict, TransientError) as exc:
+            # The redelivery moves it to processing again whatever this says.
+            log.warning("job not marked queued on hand-back: %s", exc.message)
+
+    def stored_outcome(self, record: JobRecord) -> JobEvent:
+        """The terminal event of a finished job, rebuilt from the store (image links signed afresh)."""
+        status = JobStatus(record.status)
+        if status is JobStatus.COMPLETED and record.result:
+            event = JobEvent.model_validate(record.result)
+            if event.image_paths:
+                # Presigned links expire; a client asking again gets links that work now.
+                urls = [self.storage.url(key) for key in event.image_paths]
+                event.image_urls = [u for u in urls if u is not None] or event.image_urls
+            return event
+        error = ErrorInfo.model_validate(record.error) if record.error else None
+        return JobEvent(task_id=record.id, user_id=record.user_id, status=status, error=error)
+
+    def publish(self, event: JobEvent) -> None:
+        """Put ``event`` on the output topic / queue (retrying a broker hiccup)."""
+        body = event.to_json()
+        self.io("broker.publish_event", lambda: self.broker.publish_event(body, task_id=event.task_id))
+        log.info("published %s event", event.status, extra={"status": str(event.status)})
+
+    def failed(self, job: Job, error: LoramillError) -> JobEvent:
+        """The ``failed`` event for ``job`` and ``error``."""
+        return JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.FAILED,
+                        error=ErrorInfo.from_exception(error))
+
+
+def event_summary(event: JobEvent) -> dict[str, Any]:
+    """The event as logged: no URLs (presigned links are credentials for a while)."""
+    data = event.to_dict()
+    data.pop("imageUrls", None)
+    return data

@@ -1,0 +1,100 @@
+"""A generation job (Prompt2Pic, the inference worker): prompt + LoRAs → PNGs in storage → links in the result.
+
+LoRAs are named by registry id; a job may use its own user's LoRAs and public ones, nothing else
+(anything else is ``not_found``, so ids of other people's LoRAs are not even confirmed to exist).
+Images land at ``users/{userId}/generations/{taskId}/{n}.png`` and the result event carries their keys
+(``imagePaths``) and links (``imageUrls``, presigned for S3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from loramill import metrics
+from loramill.engine.generation.generate import GenerateRequest
+from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.png import save_png
+from loramill.errors import InvalidInput, NotFound
+from loramill.jobs.contracts import GenerationJob, JobEvent, Metrics
+from loramill.jobs.handlers.context import JobContext
+from loramill.jobs.handlers.models import resolve_base_model
+from loramill.jobs.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def image_key(user_id: str, task_id: str, n: int) -> str:
+    """Where the ``n``-th image of a generation job goes (SPEC 3.5)."""
+    return f"users/{user_id}/generations/{task_id}/{n}.png"
+
+
+def handle_generation(ctx: JobContext) -> JobEvent:
+    """Run one generation job to its ``completed`` event; see the module docstring."""
+    job = ctx.job
+    assert isinstance(job, GenerationJob)
+
+    # 1. Base model (resident after the first job)
+    model = resolve_base_model(job.base_model, ctx.settings)
+    with ctx.stage("load_model"):
+        generator = ctx.models.generator(model)
+
+    # 2. LoRAs: the user's own or public, of this model's family, fetched once per worker
+    with ctx.stage("fetch"):
+        loras = [LoraSpec(fetch_lora(ctx, ref.id, i, generator.family_name), ref.weight)
+                 for i, ref in enumerate(job.loras)]
+
+    # 3. Generate
+    request = GenerateRequest(prompt=job.prompt, negative_prompt=job.negative_prompt, loras=loras, steps=job.steps,
+                              guidance=job.guidance_scale, width=job.width, height=job.height, seed=job.seed or 0,
+                              num_images=job.num_images)
+    started = time.monotonic()
+    with ctx.stage("generate"):
+        images = generator.generate(request, progress=ctx.progress)
+    elapsed = time.monotonic() - started
+    metrics.GENERATION_SECONDS.observe(elapsed)
+
+    # 4. Upload each PNG (with its A1111 parameters) and sign a link to it
+    paths, urls = [], []
+    with ctx.stage("upload"):
+        for n, image in enumerate(images):
+            key = image_key(job.user_id, job.task_id, n)
+            local = save_png(image.image, ctx.scratch / f"{n}.png", image.parameters)
+            ctx.io("storage.put_file", lambda key=key, local=local: ctx.storage.put_file(key, local, "image/png"))  # type: ignore[misc]
+            paths.append(key)
+            url = ctx.io("storage.url", lambda key=key: ctx.storage.url(key))  # type: ignore[misc]
+            if url is not None:
+                urls.append(url)
+    log.info("%d image(s) stored in %.2fs", len(paths), elapsed, extra={"images": len(paths)})
+
+    return JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.COMPLETED, image_paths=paths,
+                    image_urls=urls or None,
+                    metrics=Metrics.model_validate({"generationTime": round(elapsed, 3)}))
+
+
+def fetch_lora(ctx: JobContext, lora_id: str, index: int, family: str | None) -> Path:
+    """The local file of LoRA ``lora_id`` if the job's user may use it; downloaded on first use."""
+    field = f"loras[{index}].id"
+    try:
+        record = ctx.io("store.resolve_lora", lambda: ctx.store.resolve_lora(lora_id, ctx.job.user_id))
+    except NotFound as exc:
+        raise NotFound(f"{field}: {exc.message}", code="not_found", field=field) from None
+    if family is not None and record.family != family:
+        raise InvalidInput(f"{field}: LoRA {lora_id!r} was trained for {record.family}; this base model is {family}. "
+                           f"Pick a {record.family} baseModel or a {family} LoRA", code="lora_incompatible",
+                           field=field)
+    # Named after the key too: a LoRA re-registered under the same id with a new file is fetched again.
+    digest = hashlib.sha1(record.storage_key.encode()).hexdigest()[:10]
+    local = ctx.settings.work_dir / "loras" / f"{lora_id}-{digest}.safetensors"
+    if local.is_file():
+        metrics.LORA_CACHE.labels(result="hit").inc()
+        return local
+    metrics.LORA_CACHE.labels(result="miss").inc()
+    try:
+        ctx.io("storage.get_file", lambda: ctx.storage.get_file(record.storage_key, local))
+    except NotFound:
+        raise NotFound(f"{field}: the weights of LoRA {lora_id!r} are missing from storage "
+                       f"({record.storage_key}); train it again", code="not_found", field=field) from None
+    return local

@@ -1,0 +1,113 @@
+"""Base models the worker keeps loaded between jobs, and how a job's ``baseModel`` names one.
+
+Loading a base model takes seconds (tiny) to minutes (FLUX.1), so it stays resident: generation jobs
+reuse the pipeline and its LoRA cache, training jobs pass it to the engine as ``pipe=`` (the engine
+gives it back as the plain base model). Only ``max_resident`` models stay loaded; the least recently
+used one is dropped when another is needed, because a GPU holds one or two at most.
+
+A job may only name a model configured in ``LORAMILL_MODELS``: a path in a message would let any
+client make the worker read any file.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from loramill import metrics
+from loramill.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from loramill.engine.generation.generate import Generator
+    from loramill.jobs.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A configured base model: the name jobs use and where it is on disk."""
+
+    name: str
+    path: str
+
+
+def resolve_base_model(requested: str | None, settings: WorkerSettings) -> BaseModel:
+    """The model a job's ``baseModel`` (or the default, ``LORAMILL_BASE_MODEL``) names.
+
+    Raises ``InvalidInput`` (field ``baseModel``) listing the configured names when it names none of them.
+    """
+    models = settings.model_map
+    name = requested or settings.base_model
+    if name is None and len(models) == 1:
+        name = next(iter(models))
+    configured = ", ".join(sorted(models)) or "none (set LORAMILL_MODELS, e.g. sd15=/models/sd15)"
+    if name is None:
+        raise InvalidInput(f"baseModel: the job names no base model and LORAMILL_BASE_MODEL is not set; name one "
+                           f"of: {configured}", code="unknown_base_model", field="baseModel")
+    if name in models:
+        return BaseModel(name, models[name])
+    if requested is None and settings.base_model == name:
+        # The operator's own default may be a path; a job's field never may.
+        return BaseModel(name, name)
+    raise InvalidInput(f"baseModel: {name!r} is not a model this worker has; use one of: {configured}",
+                       code="unknown_base_model", field="baseModel")
+
+
+class ResidentModels:
+    """Loaded base models by path, least recently used dropped first."""
+
+    def __init__(self, *, max_resident: int = 1, lora_cache_size: int = 4) -> None:
+        self.max_resident = max_resident
+        self.lora_cache_size = lora_cache_size
+        self._loaded: OrderedDict[str, Generator] = OrderedDict()
+
+    def generator(self, model: BaseModel) -> Generator:
+        """The resident generator of ``model``, loading it (and dropping the oldest) if needed."""
+        from loramill.engine.generation.generate import Generator
+
+        if model.path in self._loaded:
+            self._loaded.move_to_end(model.path)
+            return self._loaded[model.path]
+        while len(self._loaded) >= self.max_resident:
+            path, _ = self._loaded.popitem(last=False)
+            log.info("dropping resident model %s", path)
+            gc.collect()
+            _empty_cuda_cache()
+        started = time.monotonic()
+        generator = Generator(model.path, max_resident_loras=self.lora_cache_size)
+        if generator.family_name is None:
+            raise InvalidInput(f"baseModel: {model.name!r} is not an SD 1.5, SDXL or FLUX.1 model, so LoRAs cannot "
+                               "be trained or applied on it", code="unsupported_model", field="baseModel")
+        elapsed = time.monotonic() - started
+        metrics.STAGE_SECONDS.labels(kind="any", stage="load_model").observe(elapsed)
+        log.info("loaded base model %s (%s) in %.1fs", model.name, generator.family_name, elapsed)
+        self._loaded[model.path] = generator
+        return generator
+
+    def pipeline_for_training(self, model: BaseModel) -> tuple[Any, str]:
+        """The resident pipeline of ``model`` with no generation LoRAs attached, and its family name.
+
+        Training injects its own adapter and, when done, strips every adapter layer from the models;
+        generation LoRAs still loaded would be torn out under the generator's cache, so they are
+        unloaded first and the cache starts afresh (the LoRA files stay on disk).
+        """
+        from loramill.engine.generation.loras import AdapterCache
+
+        generator = self.generator(model)
+        if generator.adapters is not None and generator.pipe.get_list_adapters():
+            generator.pipe.unload_lora_weights()
+            generator.adapters = AdapterCache(generator.pipe, generator.family_name or "",
+                                              max_resident=self.lora_cache_size)
+        return generator.pipe, generator.family_name or ""
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

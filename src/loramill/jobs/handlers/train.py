@@ -1,0 +1,195 @@
+"""A training job (Selfix's message): images from storage → dataset → LoRA → storage, registry, result event.
+
+``configurationParams`` map onto the engine's options here, and only here; a parameter the job leaves
+out takes the worker's default (``LORAMILL_*``) or the engine's. The LoRA lands at
+``users/{userId}/models/{taskId}.safetensors`` and is registered under the id ``taskId``, so a
+generation job can use it as ``loras: [{"id": taskId}]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from loramill import metrics
+from loramill.adapters.storage.base import Storage
+from loramill.engine.dataset.config import DatasetConfig
+from loramill.engine.generation.generate import DEFAULT_SIZE
+from loramill.engine.training.config import TrainConfig
+from loramill.errors import InvalidInput, NotFound
+from loramill.jobs.contracts import JobEvent, Metrics, TrainingJob
+from loramill.jobs.handlers import checkpoints
+from loramill.jobs.handlers.context import JobContext
+from loramill.jobs.handlers.models import resolve_base_model
+from loramill.jobs.settings import WorkerSettings
+from loramill.jobs.status import JobStatus
+
+if TYPE_CHECKING:
+    from loramill.engine.training.run import TrainResult
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_KEPT = 2  # in storage, per job: the newest survives a crash during the next upload
+
+
+def model_key(user_id: str, task_id: str) -> str:
+    """Where a training job's LoRA goes (SPEC 3.5)."""
+    return f"users/{user_id}/models/{task_id}.safetensors"
+
+
+def handle_training(ctx: JobContext) -> JobEvent:
+    """Run one training job to its ``completed`` event; see the module docstring."""
+    job = ctx.job
+    assert isinstance(job, TrainingJob)
+    params = job.configuration_params
+    dataset_dir, run_dir = ctx.scratch / "dataset", ctx.scratch / "run"
+    lora_file = ctx.scratch / f"{job.task_id}.safetensors"
+
+    # 1. Base model and options, checked before anything is downloaded
+    model = resolve_base_model(params.base_model, ctx.settings)
+    with ctx.stage("load_model"):
+        pipe, family = ctx.models.pipeline_for_training(model)
+    config = train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file)
+    dataset_config = dataset_options(job, config, ctx.settings)
+
+    # 2. Fetch the images (keys only: a job never names a path on the worker's disk)
+    with ctx.stage("fetch"):
+        inputs = fetch_images(ctx, job.images, ctx.scratch / "inputs")
+
+    # 3. Dataset: checked, framed, captioned with the trigger word
+    from loramill.engine.dataset.prepare import prepare_dataset
+
+    with ctx.stage("dataset"):
+        report = prepare_dataset([str(inputs)], dataset_dir, dataset_config, progress=ctx.progress)
+    for warning in report.warnings:
+        log.warning("dataset: %s", warning)
+
+    # 4. Resume from the newest checkpoint in storage, if an earlier attempt left one
+    with ctx.stage("fetch_checkpoint"):
+        resumed = checkpoints.download_latest(ctx.storage, job.task_id, run_dir / "checkpoints", ctx.io)
+    if resumed is not None:
+        config.resume = "latest"
+        ctx.info["resumedFromStep"] = resumed
+        metrics.RESUMED.inc()
+        log.info("resuming training from checkpoint step %d", resumed, extra={"resumed_from_step": resumed})
+
+    # 5. Train on the resident pipeline; each checkpoint goes to storage as it is written
+    def on_checkpoint(folder: Path) -> None:
+        checkpoints.upload_checkpoint(ctx.storage, job.task_id, folder, ctx.io, keep=CHECKPOINTS_KEPT)
+
+    with ctx.stage("train"):
+        result = run_training(config, pipe, ctx, on_checkpoint)
+
+    # 6. Upload the LoRA and register it for generation jobs
+    key = model_key(job.user_id, job.task_id)
+    with ctx.stage("upload"):
+        ctx.io("storage.put_file", lambda: ctx.storage.put_file(key, result.lora_path, "application/octet-stream"))
+    full_metrics = {**result.metrics, **ctx.info}
+    ctx.io("store.create_lora", lambda: ctx.store.create_lora(
+        user_id=job.user_id, task_id=job.task_id, family=family, storage_key=key, base_model=model.name,
+        trigger_word=config.trigger, metrics=full_metrics))
+    ctx.info.update(steps=result.metrics.get("steps"))
+    log.info("LoRA stored at %s after %s steps", key, result.metrics.get("steps"),
+             extra={"model_path": key, "steps": result.metrics.get("steps")})
+
+    # 7. Selfix's result: whole seconds (its example and its .NET reader use an integer) and the loss
+    return JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.COMPLETED, model_path=key,
+                    metrics=Metrics(training_time=int(round(result.metrics["trainingTime"])),
+                                    final_loss=result.metrics.get("finalLoss")))
+
+
+def run_training(config: TrainConfig, pipe: Any, ctx: JobContext, on_checkpoint: Callable[[Path], None]
+                 ) -> TrainResult:
+    """``train``, starting afresh when the stored checkpoint was made with other settings."""
+    from loramill.engine.training.run import train
+
+    try:
+        return train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
+    except InvalidInput as exc:
+        if exc.code != "checkpoint_mismatch" or config.resume is None:
+            raise
+        # A worker with other defaults (or an edited job) wrote it; resuming would not be exact.
+        log.warning("stored checkpoint does not match this job's settings; training from the start")
+        shutil.rmtree(config.run_dir / "checkpoints", ignore_errors=True)
+        config.resume = None
+        ctx.info.pop("resumedFromStep", None)
+        return train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
+
+
+def train_config(job: TrainingJob, model_path: str, family: str, settings: WorkerSettings, dataset_dir: Path,
+                 run_dir: Path, out: Path) -> TrainConfig:
+    """The engine's options for ``job``: ``configurationParams`` first, then the worker's defaults."""
+    p = job.configuration_params
+    steps_given = p.epochs is not None or p.max_steps is not None
+    prompts = list(p.validation_prompts or [])
+    every = p.checkpoint_every_steps if p.checkpoint_every_steps is not None else settings.checkpoint_every
+    try:
+        return TrainConfig(
+            model=model_path, family=family, images=str(dataset_dir), out=str(out), work_dir=str(run_dir),
+            trigger=p.trigger_word or settings.default_trigger,
+            resolution=p.resolution or settings.default_resolution or DEFAULT_SIZE.get(family, 512),
+            rank=p.network_dim or 16, alpha=p.network_alpha,
+            epochs=p.epochs, max_steps=p.max_steps if steps_given else settings.default_max_steps,
+            batch_size=p.batch_size or 1, grad_accum=p.gradient_accumulation or 1,
+            lr=p.learning_rate or 1e-4, lr_scheduler=p.lr_scheduler or "constant",
+            optimizer=p.optimizer or "adamw", seed=p.seed or 0, checkpoint_every=every,
+            keep_checkpoints=CHECKPOINTS_KEPT, validation_prompts=prompts,
+            validation_every=every if prompts else 0)
+    except InvalidInput as exc:
+        raise InvalidInput(_job_field_message(exc), code=exc.code, field=_job_field(exc.field)) from None
+
+
+def dataset_options(job: TrainingJob, config: TrainConfig, settings: WorkerSettings) -> DatasetConfig:
+    """How the job's images become a dataset: subject framing, captions with the trigger word, size."""
+    p = job.configuration_params
+    try:
+        return DatasetConfig(subject=p.subject_type, resolution=config.resolution, trigger_word=config.trigger,
+                             captioner=p.captioner or settings.default_captioner, min_images=settings.min_images,
+                             # A picture smaller than the training size is upscaled anyway; refusing one
+                             # that is big enough for a 64 px run would only annoy.
+                             min_side=min(256, config.resolution), batch_size=config.batch_size)
+    except InvalidInput as exc:
+        raise InvalidInput(_job_field_message(exc), code=exc.code, field=_job_field(exc.field)) from None
+
+
+def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
+    """Download the job's image keys into ``folder``; missing keys are named in one error if none remain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for i, key in enumerate(keys):
+        target = folder / f"{i:04d}_{PurePosixPath(key).name}"
+        try:
+            ctx.io("storage.get_file", lambda key=key, target=target: _get(ctx.storage, key, target))  # type: ignore[misc]
+        except NotFound:
+            missing.append(key)
+        ctx.check_stop()
+    if missing:
+        log.warning("%d of %d image keys are missing: %s", len(missing), len(keys), ", ".join(missing[:10]))
+    if len(missing) == len(keys):
+        raise InvalidInput(f"images: none of the {len(keys)} storage keys exists (e.g. {missing[0]!r}); upload the "
+                           "images first or fix the keys", code="images_not_found", field="images")
+    return folder
+
+
+def _get(storage: Storage, key: str, target: Path) -> Path:
+    return storage.get_file(key, target)
+
+
+# engine option names -> the job's field names, so a failed event points at what the client sent
+_FIELDS = {"rank": "networkDim", "alpha": "networkAlpha", "lr": "learningRate", "max_steps": "maxSteps",
+           "batch_size": "batchSize", "grad_accum": "gradientAccumulation", "lr_scheduler": "lrScheduler",
+           "checkpoint_every": "checkpointEverySteps", "trigger": "triggerWord", "trigger_word": "triggerWord",
+           "subject": "subjectType", "epochs": "epochs", "resolution": "resolution", "optimizer": "optimizer",
+           "captioner": "captioner", "seed": "seed"}
+
+
+def _job_field(engine_field: str | None) -> str:
+    name = _FIELDS.get(engine_field or "", engine_field or "")
+    return f"configurationParams.{name}" if name else "configurationParams"
+
+
+def _job_field_message(exc: InvalidInput) -> str:
+    return f"{_job_field(exc.field)}: {exc.message}"

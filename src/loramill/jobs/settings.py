@@ -1,0 +1,116 @@
+"""The worker's settings: ``LORAMILL_*`` variables, validated once at start-up, errors naming the variable.
+
+Broker, storage and job-store settings belong to their adapters (``KafkaSettings`` reads Selfix's
+``KAFKA_*`` names, ``StorageSettings`` its ``S3_*`` names); ``loramill.config`` gathers them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loramill.errors import InvalidInput
+from loramill.jobs.retry import RetryPolicy
+
+JOB_KINDS = ("train", "generate")
+BROKERS = ("sql", "kafka", "rabbitmq")
+
+
+def _default_work_dir() -> Path:
+    return Path(os.environ.get("LORAMILL_HOME") or "~/.loramill").expanduser() / "work"
+
+
+def parse_models(text: str) -> dict[str, str]:
+    """``"sd15=/models/sd15,flux=/models/flux1-dev"`` -> ``{"sd15": "/models/sd15", "flux": ...}``."""
+    models: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, path = part.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{part!r} is not name=path; write e.g. sd15=/models/sd15,flux=/models/flux1-dev")
+        models[name.strip()] = path.strip()
+    return models
+
+
+class WorkerSettings(BaseSettings):
+    """What a worker runs, where it keeps scratch files, and how it reports."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAMILL_", extra="ignore", populate_by_name=True)
+
+    broker: str = Field("sql", description="sql (embedded), kafka or rabbitmq")
+    jobs: str = Field("train,generate", validation_alias="LORAMILL_WORKER_JOBS",
+                      description="job kinds this worker takes, comma-separated")
+    models: str = Field("", description="base models by name: sd15=/models/sd15,flux=/models/flux1-dev")
+    base_model: str | None = Field(None, description="name (in LORAMILL_MODELS) or path used when a job names none")
+    work_dir: Path = Field(default_factory=_default_work_dir, description="scratch space for datasets and runs")
+    http_port: int = Field(0, ge=0, le=65535, validation_alias="LORAMILL_WORKER_HTTP_PORT",
+                           description="port of /healthz and /metrics; 0 = off")
+    http_host: str = Field("0.0.0.0", validation_alias="LORAMILL_WORKER_HTTP_HOST")
+    progress_interval: float = Field(3.0, gt=0, description="seconds between processing events of one job")
+    cancel_check_interval: float = Field(1.0, gt=0, description="seconds between looks at cancel_requested")
+    receive_timeout: float = Field(1.0, gt=0, description="seconds one receive() waits for a job")
+    sql_lease_seconds: float = Field(60.0, gt=0, description="sql broker: a dead worker's job is redelivered "
+                                                               "after this long")
+    retry_attempts: int = Field(5, ge=1, description="tries of a storage/broker/database call before giving up")
+    retry_base_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(30.0, gt=0)
+    handback_seconds: float = Field(5.0, ge=0, description="wait before handing back a job that failed transiently")
+    default_trigger: str = Field("sks", description="trigger word when a training job names none")
+    default_captioner: str = Field("template", description="captioner when a job names none (florence2 on GPUs)")
+    default_resolution: int | None = Field(None, ge=64, description="training resolution when a job names none")
+    default_max_steps: int | None = Field(None, ge=1, description="cap on steps when a job gives neither epochs "
+                                                                    "nor maxSteps")
+    min_images: int = Field(3, ge=1, description="fewest usable images a training job may have")
+    checkpoint_every: int = Field(200, ge=0, description="steps between checkpoints when a job names none")
+    lora_cache_size: int = Field(4, ge=1, description="LoRAs kept loaded on a resident pipeline")
+    keep_work: bool = Field(False, description="keep a job's scratch folder after it ends (debugging)")
+    log_format: str = Field("json", description="json or text")
+    log_level: str = Field("INFO")
+
+    @field_validator("broker")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in BROKERS:
+            raise ValueError(f"{value!r} is not a broker; use one of: {', '.join(BROKERS)}")
+        return value
+
+    @field_validator("jobs")
+    @classmethod
+    def _known_kinds(cls, value: str) -> str:
+        kinds = [k.strip() for k in value.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in JOB_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"{value!r}: job kinds are {', '.join(JOB_KINDS)} (comma-separated)")
+        return ",".join(kinds)
+
+    @field_validator("models")
+    @classmethod
+    def _models_parse(cls, value: str) -> str:
+        parse_models(value)
+        return value
+
+    @property
+    def job_kinds(self) -> frozenset[str]:
+        return frozenset(self.jobs.split(","))
+
+    @property
+    def model_map(self) -> dict[str, str]:
+        return parse_models(self.models)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_attempts, self.retry_base_seconds, self.retry_max_seconds)
+
+
+def load_worker_settings(**overrides: object) -> WorkerSettings:
+    """Settings from the environment, ``overrides`` winning; a bad value names its variable."""
+    try:
+        return WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        name = field if field.startswith("LORAMILL_") else f"LORAMILL_{field.upper()}"
+        raise InvalidInput(f"{name}: {first['msg']}", code="invalid_setting", field=name) from None

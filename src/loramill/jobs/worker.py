@@ -1,0 +1,234 @@
+"""The worker: take a job from the broker, run it, store and publish the outcome, acknowledge.
+
+Delivery is at least once (a worker may die after any line); effects happen once per ``taskId``:
+the store's status machine admits one outcome, a finished job's redelivery republishes its stored
+result without running again, and a training redelivered mid-run continues from the checkpoint the
+previous attempt left in storage. ``handle`` is the whole story of one delivery, in numbered steps.
+
+Shutdown (SIGTERM): stop taking jobs; a running training stops at its next step with a checkpoint
+saved and uploaded, the job is handed back (``nack`` with requeue) and the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from loramill import metrics
+from loramill.adapters.broker.base import Broker, Delivery
+from loramill.adapters.storage.base import Storage
+from loramill.adapters.store import JobStore
+from loramill.engine.progress import StopRequested
+from loramill.errors import Conflict, LoramillError, TransientError
+from loramill.jobs.contracts import JobEvent, failed_event_for, parse_job
+from loramill.jobs.events import JobRecorder
+from loramill.jobs.handlers import checkpoints, handler_for
+from loramill.jobs.handlers.context import STOP_CANCEL, JobContext
+from loramill.jobs.handlers.models import ResidentModels
+from loramill.jobs.settings import WorkerSettings
+from loramill.jobs.status import JobStatus
+from loramill.logs import task_context
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH_EVERY = 30.0  # seconds; Kafka answers it with a consumer of its own, so not on every idle tick
+# Outcomes of one delivery, as handle() returns them (also what the tests read).
+COMPLETED, FAILED, CANCELED = "completed", "failed", "canceled"
+DUPLICATE, DEAD_LETTERED, HANDED_BACK, SKIPPED = "duplicate", "dead_lettered", "handed_back", "skipped"
+
+
+class Worker:
+    """Consumes jobs from ``broker`` until ``stop()`` (SIGTERM) or ``max_jobs`` deliveries."""
+
+    def __init__(self, settings: WorkerSettings, broker: Broker, store: JobStore, storage: Storage,
+                 *, models: ResidentModels | None = None) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.storage = storage
+        self.models = models or ResidentModels(lora_cache_size=settings.lora_cache_size)
+        self.shutdown = threading.Event()
+        self.recorder = JobRecorder(store, broker, storage, settings.retry_policy, self.shutdown.is_set)
+        self.current_task: str | None = None
+        self.handled = 0
+        self._depth_checked = 0.0
+
+    def stop(self) -> None:
+        """Stop taking jobs; a running job stops at its next step and is handed back."""
+        if not self.shutdown.is_set():
+            log.info("shutdown requested: finishing up")
+        self.shutdown.set()
+
+    def run(self, max_jobs: int | None = None) -> None:
+        """Handle deliveries until stopped; a failing broker is waited out, never fatal."""
+        log.info("worker started", extra={"broker": self.broker.name, "jobs": self.settings.jobs})
+        failures = 0
+        while not self.shutdown.is_set() and (max_jobs is None or self.handled < max_jobs):
+            try:
+                delivery = self.broker.receive(self.settings.receive_timeout)
+                failures = 0
+            except TransientError as exc:
+                failures += 1
+                wait = self.settings.retry_policy.delay(min(failures, 8))
+                log.warning("receiving failed (%s); trying again in %.1fs", exc.message, wait)
+                self.shutdown.wait(wait)
+                continue
+            if delivery is None:
+                self._observe_queue_depth()
+                continue
+            self.handled += 1
+            self.handle(delivery)
+        log.info("worker stopped after %d deliveries", self.handled)
+
+    def handle(self, delivery: Delivery) -> str:
+        """One delivery from message to acknowledgement; returns what became of it (``COMPLETED`` …)."""
+        # 1. Read the message: anything that is not a job is set aside with the reason, never retried
+        try:
+            job = parse_job(delivery.body)
+        except LoramillError as exc:
+            return self._dead_letter(delivery, exc)
+        with task_context(job.task_id):
+            # 2. Only the kinds this worker runs; another worker takes the rest
+            if job.kind not in self.settings.job_kinds:
+                log.info("not a %s worker; handing the %s job back", self.settings.jobs, job.kind)
+                self.shutdown.wait(self.settings.handback_seconds)
+                self.broker.nack(delivery, requeue=True)
+                return SKIPPED
+            started = time.monotonic()
+            metrics.IN_PROGRESS.labels(kind=job.kind).inc()
+            self.current_task = job.task_id
+            try:
+                # 3. Claim it; a job already finished only has its stored outcome published again
+                try:
+                    record = self.recorder.claim(job)
+                except Conflict as exc:
+                    return self._dead_letter(delivery, exc)
+                if JobStatus(record.status).terminal or not self.recorder.start(job):
+                    return self._republish(delivery, job.kind, job.task_id)
+                log.info("job started (attempt %d)", record.attempts + 1,
+                         extra={"kind": job.kind, "attempt": record.attempts + 1, "redelivered": delivery.redelivered})
+                # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
+                ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
+                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job.task_id),
+                                 shutdown=self.shutdown)
+                outcome, event = self._run(ctx)
+                if outcome == HANDED_BACK:
+                    # 5a. Stopped by shutdown or an outage: the checkpoint is in storage, the job goes back
+                    self.recorder.hand_back(job.task_id)
+                    self.broker.nack(delivery, requeue=True)
+                    log.info("job handed back to the queue")
+                    return HANDED_BACK
+                # 5b. Store the outcome, publish it, and only then acknowledge the delivery
+                assert event is not None
+                published = self.recorder.finish(event)
+                self.broker.ack(delivery)
+                final = str(published.status)
+                metrics.JOBS.labels(kind=job.kind, status=final).inc()
+                metrics.JOB_SECONDS.labels(kind=job.kind, status=final).observe(time.monotonic() - started)
+                log.info("job %s in %.2fs", final, time.monotonic() - started,
+                         extra={"kind": job.kind, "status": final, **{k: v for k, v in ctx.info.items()
+                                                                     if isinstance(v, int | float | str)}})
+                self._clean_up(ctx, final)
+                return final
+            except TransientError as exc:
+                # The store or the broker stayed down through every retry: leave the delivery
+                # unsettled; it comes back (lease, rebalance, reconnect) once they are up again.
+                log.error("job left for redelivery: %s", exc.message)
+                return HANDED_BACK
+            finally:
+                self.current_task = None
+                metrics.IN_PROGRESS.labels(kind=job.kind).dec()
+
+    def _run(self, ctx: JobContext) -> tuple[str, JobEvent | None]:
+        """Run the job's handler and turn how it ended into an outcome and its terminal event."""
+        job = ctx.job
+        try:
+            return COMPLETED, handler_for(job.kind)(ctx)
+        except StopRequested:
+            if ctx.stop_reason == STOP_CANCEL:
+                log.info("job canceled by its owner; its checkpoint is kept")
+                return CANCELED, JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.CANCELED)
+            return HANDED_BACK, None
+        except TransientError as exc:
+            log.warning("job hit a transient failure after retries: %s", exc.message)
+            self.shutdown.wait(self.settings.handback_seconds)
+            return HANDED_BACK, None
+        except LoramillError as exc:
+            log.warning("job failed: [%s] %s", exc.code, exc.message, extra={"code": exc.code})
+            return FAILED, self.recorder.failed(job, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must fail one job, not the worker
+            log.exception("job failed with an unexpected error")
+            error = LoramillError(f"internal error ({type(exc).__name__}); the worker log has the details "
+                                  f"for task {job.task_id}")
+            return FAILED, self.recorder.failed(job, error)
+
+    def _republish(self, delivery: Delivery, kind: str, task_id: str) -> str:
+        """A delivery of a finished job: publish its stored outcome again, run nothing."""
+        record = self.recorder.io("store.get_job", lambda: self.store.get_job(task_id))
+        assert record is not None
+        log.info("job already %s; republishing its stored outcome", record.status)
+        self.recorder.publish(self.recorder.stored_outcome(record))
+        self.broker.ack(delivery)
+        metrics.DUPLICATES.labels(kind=kind).inc()
+        return DUPLICATE
+
+    def _dead_letter(self, delivery: Delivery, error: LoramillError) -> str:
+        """Set a message that is not a runnable job aside, with the reason; answer it if it names a task."""
+        reason = f"{error.code}: {error.message}"
+        event = failed_event_for(delivery.body, error)
+        with task_context(event.task_id if event else None):
+            log.warning("message dead-lettered: %s", reason, extra={"code": error.code})
+            try:
+                if event is not None and not isinstance(error, Conflict):
+                    self._answer_unreadable(event)
+                self.recorder.io("broker.dead_letter", lambda: self.broker.dead_letter(delivery, reason))
+            except TransientError as exc:
+                log.error("dead-lettering failed (%s); the message will come back", exc.message)
+        metrics.DEAD_LETTERS.labels(code=error.code).inc()
+        return DEAD_LETTERED
+
+    def _answer_unreadable(self, event: JobEvent) -> None:
+        """Tell the sender (matching by taskId) that its message was refused, unless that task already ended.
+
+        A garbled copy of a finished job must not contradict the outcome the client already has.
+        """
+        record = self.recorder.io("store.get_job", lambda: self.store.get_job(event.task_id))
+        if record is not None and JobStatus(record.status).terminal:
+            return
+        if record is not None:
+            error = event.error.model_dump() if event.error else None
+            self.recorder.io("store.transition", lambda: self.store.transition(
+                event.task_id, JobStatus.FAILED, error=error, event=event.to_dict()))
+        self.recorder.publish(event)
+
+    def _clean_up(self, ctx: JobContext, final: str) -> None:
+        """Drop what a finished job no longer needs: its scratch folder, and a completed training's checkpoints."""
+        if not self.settings.keep_work:
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
+        if ctx.job.kind == "train" and final == COMPLETED:
+            try:
+                checkpoints.delete_all(self.storage, ctx.job.task_id, self.recorder.io)
+            except LoramillError as exc:  # only costs space; the next cleanup pass can take it
+                log.warning("checkpoints of the finished job not deleted: %s", exc.message)
+
+    def _scratch(self, task_id: str) -> Path:
+        folder = self.settings.work_dir / "jobs" / task_id
+        shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's leftovers; its checkpoint is in storage
+        folder.mkdir(parents=True)
+        return folder
+
+    def _observe_queue_depth(self) -> None:
+        now = time.monotonic()
+        if now - self._depth_checked < QUEUE_DEPTH_EVERY:
+            return
+        self._depth_checked = now
+        try:
+            depth = self.broker.queue_depth()
+        except LoramillError as exc:
+            log.debug("queue depth unavailable: %s", exc.message)
+            return
+        if depth is not None:
+            metrics.QUEUE_DEPTH.labels(broker=self.broker.name).set(depth)

@@ -1,0 +1,128 @@
+"""JSON logs with the task id on every line, and secrets scrubbed before anything is written.
+
+The worker handles one job at a time, so the task being worked on lives in a context variable that a
+``logging.Filter`` copies onto every record: a line logged from deep inside an adapter carries the
+task id without anyone passing it along. Records that name a task themselves (``extra={"task_id":
+...}``) keep theirs.
+
+Secrets (passwords, secret keys, tokens) must never reach a log line or an event (a log pipeline is
+read by more people than the vault is): known secret values are registered at start-up and replaced
+wherever they appear, and ``key=value`` / ``"key": "value"`` pairs whose key looks secret are masked.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MASK = "***"
+task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("loramill_task_id", default=None)
+
+_secrets: set[str] = set()
+# password=..., "secret_key": "...", SASL_PASSWORD: ..., token=..., and URLs with user:password@.
+_SECRET_PAIR = re.compile(
+    r"""(?ix)
+    (?P<key>["']?[\w.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[\w.-]*["']?\s*[:=]\s*)
+    (?P<quote>["']?)(?P<value>[^\s"',;&}]+)""")
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^@\s/]+)(?=@)", re.I)
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "task_id"}
+
+
+def register_secret(value: object) -> None:
+    """Never print ``value`` (a password, a secret key): it is masked wherever it appears in a log line."""
+    text = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+    if isinstance(text, str) and len(text) >= 4:
+        _secrets.add(text)
+
+
+def register_secrets(values: Iterable[object]) -> None:
+    """``register_secret`` for each of ``values`` (``None`` and short values are skipped)."""
+    for value in values:
+        if value is not None:
+            register_secret(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and secret-looking ``key=value`` pairs masked."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = _SECRET_PAIR.sub(lambda m: f"{m.group('key')}{m.group('quote')}{MASK}", text)
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}", text)
+
+
+@contextmanager
+def task_context(task_id: str | None) -> Iterator[None]:
+    """Every log line inside the block carries ``task_id``."""
+    token = task_id_var.set(task_id)
+    try:
+        yield
+    finally:
+        task_id_var.reset(token)
+
+
+class TaskIdFilter(logging.Filter):
+    """Puts the current task id on each record (unless the record already names one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "task_id", None) is None:
+            record.task_id = task_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, taskId, then any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "taskId": getattr(record, "task_id", None),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for a terminal, with the task id in brackets; secrets masked too."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(task_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+FORMATTERS = {"json": JsonFormatter, "text": TextFormatter}
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Route every logger through one stderr handler in ``fmt`` (``json`` or ``text``) at ``level``."""
+    formatter = FORMATTERS.get(fmt)
+    if formatter is None:
+        raise ValueError(f"log format {fmt!r} is not supported; use one of: {', '.join(FORMATTERS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter())
+    handler.addFilter(TaskIdFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # librdkafka, boto and HTTP clients are chatty at INFO; their warnings still come through.
+    for noisy in ("botocore", "boto3", "urllib3", "httpx", "aio_pika", "aiormq", "pika", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
