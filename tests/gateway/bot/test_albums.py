@@ -40,7 +40,7 @@ def test_collect_merges_two_albums_into_one_set() -> None:
     async def scenario() -> Outcomes:
         outcomes = Outcomes()
         albums = _collector(outcomes)
-        albums.start(1, 1)
+        albums.start(1, 1, 1)
         for i in range(10):  # Telegram's first album: at most 10 photos
             albums.add(1, f"u{i}", f"f{i}")
         await asyncio.sleep(0.01)
@@ -58,7 +58,7 @@ def test_collect_drops_the_same_photo_sent_twice() -> None:
     async def scenario() -> Outcomes:
         outcomes = Outcomes()
         albums = _collector(outcomes)
-        albums.start(1, 1)
+        albums.start(1, 1, 1)
         for i in [0, 1, 2, 3, 3, 4, 4]:
             albums.add(1, f"u{i}", f"f{i}")
         await asyncio.sleep(0.2)
@@ -72,7 +72,7 @@ def test_collect_keeps_set_open_when_too_few() -> None:
     async def scenario() -> Outcomes:
         outcomes = Outcomes()
         albums = _collector(outcomes)
-        albums.start(1, 1)
+        albums.start(1, 1, 1)
         for i in range(3):
             albums.add(1, f"u{i}", f"f{i}")
         await asyncio.sleep(0.2)

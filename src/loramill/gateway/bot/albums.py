@@ -25,6 +25,7 @@ class PhotoSet:
 
     telegram_id: int
     chat_id: int
+    message_id: int  # of the /train that opened the set: names the training job (idempotency)
     started: float
     file_ids: dict[str, str] = field(default_factory=dict)  # file_unique_id -> file_id (drops resends)
     timer: asyncio.TimerHandle | None = None
@@ -61,10 +62,10 @@ class AlbumCollector:
         self._sets: dict[int, PhotoSet] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, telegram_id: int, chat_id: int) -> None:
+    def start(self, telegram_id: int, chat_id: int, message_id: int) -> None:
         """``/train``: open a new, empty set for this person (dropping any unfinished one)."""
         self.cancel(telegram_id)
-        self._sets[telegram_id] = PhotoSet(telegram_id, chat_id, self.clock())
+        self._sets[telegram_id] = PhotoSet(telegram_id, chat_id, message_id, self.clock())
 
     def waiting(self, telegram_id: int) -> bool:
         """Whether this person has an open ``/train`` (not expired)."""

@@ -75,7 +75,8 @@ async def on_txt2img(message: Message, command: CommandObject, svc: BotServices)
     user_id = await _user_id(message, svc)
     if user_id is None:
         return
-    queued = await _call(message, jobs.submit_generation, svc, user_id, message.chat.id, prompt)
+    key = jobs.request_key(message.chat.id, message.message_id)
+    queued = await _call(message, jobs.submit_generation, svc, user_id, message.chat.id, prompt, key)
     if queued is not None:
         await message.answer(_queued(queued, "the picture"))
 
@@ -92,7 +93,8 @@ async def on_avatar(message: Message, command: CommandObject, svc: BotServices) 
     if lora is None:
         await message.answer("You have no avatar yet: send /train, then 5-20 photos of your face.")
         return
-    queued = await _call(message, jobs.submit_generation, svc, user_id, message.chat.id, prompt, lora)
+    key = jobs.request_key(message.chat.id, message.message_id)
+    queued = await _call(message, jobs.submit_generation, svc, user_id, message.chat.id, prompt, key, lora)
     if queued is not None:
         await message.answer(_queued(queued, "your picture"))
 
@@ -100,7 +102,7 @@ async def on_avatar(message: Message, command: CommandObject, svc: BotServices) 
 async def on_train(message: Message, albums: AlbumCollector) -> None:
     if message.from_user is None:
         return
-    albums.start(message.from_user.id, message.chat.id)
+    albums.start(message.from_user.id, message.chat.id, message.message_id)
     if message.photo:  # an album captioned /train: its first photo is this very message
         albums.add(message.from_user.id, message.photo[-1].file_unique_id, message.photo[-1].file_id)
         return
@@ -188,7 +190,8 @@ def train_callbacks(bot: Bot, svc: BotServices) -> dict[str, Callable[..., Any]]
         try:
             user = await asyncio.to_thread(svc.store.get_or_create_telegram_user, photo_set.telegram_id,
                                            str(photo_set.telegram_id))
-            queued = await asyncio.to_thread(jobs.submit_training, svc, user.id, photo_set.chat_id, photos)
+            key = jobs.request_key(photo_set.chat_id, photo_set.message_id)
+            queued = await asyncio.to_thread(jobs.submit_training, svc, user.id, photo_set.chat_id, photos, key)
         except LoramillError as exc:
             await bot.send_message(photo_set.chat_id, exc.message)
             return

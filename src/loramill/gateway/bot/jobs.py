@@ -51,7 +51,17 @@ class Queued:
     ahead: int
 
 
-def submit_generation(svc: BotServices, user_id: str, chat_id: int, prompt: str,
+def request_key(chat_id: int, message_id: int) -> str:
+    """The idempotency key of the job a Telegram message asks for.
+
+    Telegram confirms an update only when the next ``getUpdates`` asks past it, so a bot stopped right
+    after handling a command is given that command again when it restarts: the same key makes the
+    second handling find the job the first one queued instead of queueing another.
+    """
+    return f"telegram:{chat_id}:{message_id}"
+
+
+def submit_generation(svc: BotServices, user_id: str, chat_id: int, prompt: str, key: str,
                       lora: LoraRecord | None = None) -> Queued:
     """Queue a Prompt2Pic generation (SPEC.md 3.3), with ``lora`` (their avatar) when given."""
     s, who = svc.settings, Principal(user_id)
@@ -60,18 +70,18 @@ def submit_generation(svc: BotServices, user_id: str, chat_id: int, prompt: str,
     request: dict[str, Any] = {"prompt": prompt, "baseModel": s.base_model, "steps": s.steps, "width": s.width,
                                "height": s.height,
                                "loras": [{"id": lora.id, "weight": s.lora_weight}] if lora else None}
-    record, _ = svc.gateway.submit_generation(who, svc.gateway.task_id_for(who, None), request)
+    record, _ = svc.gateway.submit_generation(who, svc.gateway.task_id_for(who, key), request, idempotency_key=key)
     return _waiting(svc, record, chat_id)
 
 
-def submit_training(svc: BotServices, user_id: str, chat_id: int, photos: list[bytes]) -> Queued:
+def submit_training(svc: BotServices, user_id: str, chat_id: int, photos: list[bytes], key: str) -> Queued:
     """Queue Selfix's avatar training (SPEC.md 3.1, face mode) on the person's photos."""
     gateway, s, who = svc.gateway, svc.settings, Principal(user_id)
     checked = [check_image(data, i, None, gateway.settings) for i, data in enumerate(photos)]
     options = {"subjectType": "face", "baseModel": s.base_model, "epochs": s.train_epochs,
                "maxSteps": s.train_max_steps}
-    record, _ = gateway.submit_training(who, gateway.task_id_for(who, None), checked, [],
-                                        {k: v for k, v in options.items() if v is not None})
+    record, _ = gateway.submit_training(who, gateway.task_id_for(who, key), checked, [],
+                                        {k: v for k, v in options.items() if v is not None}, idempotency_key=key)
     return _waiting(svc, record, chat_id)
 
 
