@@ -16,7 +16,7 @@ from loramill.adapters.store import JobStore
 from loramill.gateway.api.errors import install_error_handlers
 from loramill.gateway.api.limits import BodyLimitMiddleware
 from loramill.gateway.api.metrics import MetricsMiddleware
-from loramill.gateway.api.routes import files, generations, health, jobs, loras, trainings
+from loramill.gateway.api.routes import files, generations, health, jobs, loras, me, trainings
 from loramill.gateway.api.service import Gateway
 from loramill.gateway.settings import GatewaySettings
 
@@ -36,11 +36,13 @@ def create_app(settings: GatewaySettings, store: JobStore, storage: Storage, bro
                   openapi_tags=[{"name": "jobs", "description": "trainings and generations"},
                                 {"name": "loras", "description": "the LoRA registry"},
                                 {"name": "files", "description": "images and LoRA files"},
+                                {"name": "users", "description": "who a key belongs to"},
                                 {"name": "health", "description": "probes and metrics"}])
     app.state.settings = settings
     app.state.gateway = Gateway(settings, store, storage, broker)
     install_error_handlers(app)
-    for router in (trainings.router, generations.router, jobs.router, loras.router, files.router, health.router):
+    for router in (trainings.router, generations.router, jobs.router, loras.router, files.router, me.router,
+                   health.router):
         app.include_router(router)
     # outermost last: metrics see the 413s the body limit sends
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -172,3 +172,10 @@ class LoraPage(_Schema):
 class Health(_Schema):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Me(_Schema):
+    """Whose key this is."""
+
+    user_id: str = Field(examples=["alice"])
+    is_admin: bool = False
