@@ -206,7 +206,7 @@ def test_hand_back_on_shutdown_then_resume_from_checkpoint(rig: Rig, caplog: pyt
     rig.worker.shutdown.clear()
     assert rig.run_one() == "completed"
     resumed = [r for r in caplog.records if "resuming training from checkpoint step" in r.getMessage()]
-    assert resumed and getattr(resumed[-1], "resumed_from_step") == checkpoint_step
+    assert resumed and resumed[-1].resumed_from_step == checkpoint_step
     assert rig.store.get_lora(task).metrics["steps"] == 8  # type: ignore[union-attr]
     assert len(rig.events.wait_for(task, "completed")) == 1
 
