@@ -147,6 +147,18 @@ def check_events_round_trip(harness: BrokerHarness, broker: Broker, namespace: s
     assert received == sent
 
 
+def check_queue_depth_counts_waiting_jobs(harness: BrokerHarness, broker: Broker, namespace: str) -> None:
+    for task in ("task-d1", "task-d2"):
+        broker.publish_job(selfix_job(task), task_id=task)
+    depth = broker.queue_depth()
+    if depth is None:
+        pytest.skip(f"{harness.name} cannot tell its queue depth")
+    assert depth == 2
+    for _ in range(2):
+        broker.ack(receive_one(harness, broker))
+    assert broker.queue_depth() == 0
+
+
 BEHAVIOURS = [
     Behaviour("receive_nothing_when_empty", check_receive_nothing_when_empty),
     Behaviour("ack_is_final", check_ack_is_final),
@@ -154,6 +166,7 @@ BEHAVIOURS = [
     Behaviour("dead_letter_sets_poison_aside", check_dead_letter_sets_poison_aside),
     Behaviour("priority_orders_jobs", check_priority_orders_jobs),
     Behaviour("events_round_trip", check_events_round_trip),
+    Behaviour("queue_depth_counts_waiting_jobs", check_queue_depth_counts_waiting_jobs),
 ]
 
 
