@@ -12,7 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from loramill.adapters.broker.kafka import ORIGIN_HEADER, REASON_HEADER, KafkaBroker
 from loramill.adapters.broker.kafka_config import KafkaSettings, client_config, load_settings, redacted
-from loramill.errors import InvalidInput
+from loramill.errors import InvalidInput, TransientError
 from tests.adapters.broker.conformance import BEHAVIOURS, Behaviour, BrokerHarness, run_behaviour, selfix_job
 from tests.services.kafka import TansuBroker
 
@@ -196,6 +196,17 @@ def test_dead_letter_keeps_origin_header(make_kafka: Callable[..., KafkaBroker],
     assert body == b"not json"
     assert headers[ORIGIN_HEADER].decode() == delivery.delivery_id.split("#")[0]  # topic:partition:offset
     assert headers["taskId"] == b"task-bad"
+
+
+def test_raise_transient_error_when_kafka_unreachable(tansu_factory: Callable[..., TansuBroker]) -> None:
+    tansu = tansu_factory()
+    broker = KafkaBroker(kafka_settings(tansu.bootstrap, "unreachable", publish_timeout_seconds=2.0))
+    try:
+        tansu.stop()
+        with pytest.raises(TransientError, match="could not publish"):
+            broker.publish_job(selfix_job("task-lost"), task_id="task-lost")
+    finally:
+        broker.close()
 
 
 def test_build_client_config_with_sasl_from_env(

@@ -177,8 +177,12 @@ def test_keep_jobs_across_broker_restart(
         broker.publish_job(selfix_job(task), task_id=task)
     held = broker.receive(10)
     assert held is not None
+    impatient = make_rabbitmq(namespace, operation_timeout_seconds=2.0)
 
-    rabbitmq_node.restart()
+    rabbitmq_node.stop()
+    with pytest.raises(TransientError):  # waited for a reconnection that did not come in time
+        impatient.publish_job(selfix_job("task-impatient"), task_id="task-impatient")
+    rabbitmq_node.start()
 
     broker.ack(held)  # its channel died with the server: a no-op, and the job comes back
     assert "ignored: its channel closed" in caplog.text
