@@ -95,7 +95,7 @@ def test_prepare_ten_thousand_files_refused_fast_with_default_cap(tmp_path: Path
     with pytest.raises(InvalidInput) as caught:
         prepare_dataset([str(folder)], tmp_path / "out", DatasetConfig())
     assert caught.value.code == "too_many_images" and "10,000 files, more than max_images 1,000" in caught.value.message
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # ~0.3 s on an idle machine: nothing is decoded
 
 
 def test_prepare_stops_when_progress_callback_asks_and_leaves_nothing(messy_folder: Path, tmp_path: Path,
