@@ -163,6 +163,22 @@ def test_keep_held_job_paused_when_worker_joins(
     assert "revoked" not in during
 
 
+def test_receive_one_partitions_jobs_in_order_once(make_kafka: Callable[..., KafkaBroker]) -> None:
+    # One key, one partition: each ack must resume exactly after its message (pause, commit, seek, resume).
+    broker = make_kafka("in-order")
+    try:
+        bodies = [selfix_job(f"task-{n}") for n in range(5)]
+        for body in bodies:
+            broker.publish_job(body, task_id="same-task")
+        received = []
+        while (delivery := broker.receive(10 if not received else 3)) is not None:
+            received.append(delivery.body)
+            broker.ack(delivery)
+        assert received == bodies
+    finally:
+        broker.close()
+
+
 def test_receive_plain_producer_json_verbatim(make_kafka: Callable[..., KafkaBroker], kafka_bootstrap: str) -> None:
     broker = make_kafka("selfix-client")
     body = json.dumps(
