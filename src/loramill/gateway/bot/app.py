@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -70,7 +71,7 @@ async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, brok
     stop = stop_event or asyncio.Event()
     results = ResultLoop(bot, svc, poll_interval=settings.poll_interval)
     # 3. Poll Telegram and send results side by side until told to stop.
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
         await bot.delete_webhook(drop_pending_updates=False)  # polling and a webhook cannot coexist
         polling = asyncio.create_task(dispatcher.start_polling(

@@ -18,7 +18,7 @@ from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message
 
-from loramill.errors import LoramillError, TransientError
+from loramill.errors import LoramillError, Overloaded, TransientError
 from loramill.gateway.bot import jobs
 from loramill.gateway.bot.albums import AlbumCollector, PhotoSet
 from loramill.gateway.bot.jobs import BotServices, Queued
@@ -42,9 +42,12 @@ async def _call(message: Message, func: Callable[..., T], *args: Any) -> T | Non
     """Run a blocking ``jobs`` function in a thread; a loramill error becomes the reply."""
     try:
         return await asyncio.to_thread(func, *args)
+    except Overloaded as exc:
+        wait = getattr(exc, "retry_after", None)
+        await message.answer(f"I'm busy right now; try again in {wait} seconds." if wait else exc.message)
     except LoramillError as exc:
         await message.answer(exc.message)
-        return None
+    return None
 
 
 def _queued(queued: Queued, what: str) -> str:
@@ -62,10 +65,12 @@ async def _user_id(message: Message, svc: BotServices) -> str | None:
 
 
 async def on_help(message: Message) -> None:
+    """/start and /help: what the bot does."""
     await message.answer(HELP)
 
 
 async def on_txt2img(message: Message, command: CommandObject, svc: BotServices) -> None:
+    """/txt2img <prompt>: queue a picture (Prompt2Pic)."""
     # 1. The prompt is everything after the command.
     prompt = (command.args or "").strip()
     if not prompt:
@@ -82,6 +87,7 @@ async def on_txt2img(message: Message, command: CommandObject, svc: BotServices)
 
 
 async def on_avatar(message: Message, command: CommandObject, svc: BotServices) -> None:
+    """/avatar <prompt>: queue a picture with the sender's newest LoRA."""
     prompt = (command.args or "").strip()
     if not prompt:
         await message.answer("Describe the picture after the command, e.g. /avatar portrait as an astronaut")
@@ -99,18 +105,23 @@ async def on_avatar(message: Message, command: CommandObject, svc: BotServices) 
         await message.answer(_queued(queued, "your picture"))
 
 
-async def on_train(message: Message, albums: AlbumCollector) -> None:
+async def on_train(message: Message, svc: BotServices, albums: AlbumCollector) -> None:
+    """/train: start collecting photos for an avatar (Selfix's flow, face mode)."""
     if message.from_user is None:
         return
+    # Open the set before the first await: the other photos of an album captioned /train are being
+    # handled concurrently and must find it open.
     albums.start(message.from_user.id, message.chat.id, message.message_id)
     if message.photo:  # an album captioned /train: its first photo is this very message
         albums.add(message.from_user.id, message.photo[-1].file_unique_id, message.photo[-1].file_id)
+    if await _user_id(message, svc) is None or message.photo:  # registers a newcomer under their name
         return
     await message.answer(f"Send {albums.min_photos}-{albums.max_photos} photos of your face: one person, "
                          "different angles and light. Albums or one by one; I start when you stop.")
 
 
 async def on_photo(message: Message, albums: AlbumCollector, hinted_groups: deque[str]) -> None:
+    """A photo: joins the sender's open /train, else a hint to send /train first."""
     if message.from_user is None or not message.photo:
         return
     largest = message.photo[-1]  # Telegram lists the sizes smallest first
@@ -125,6 +136,7 @@ async def on_photo(message: Message, albums: AlbumCollector, hinted_groups: dequ
 
 
 async def on_status(message: Message, svc: BotServices) -> None:
+    """/status: the sender's recent jobs (only theirs)."""
     user_id = await _user_id(message, svc)
     if user_id is None:
         return
@@ -144,6 +156,7 @@ async def on_status(message: Message, svc: BotServices) -> None:
 
 
 async def on_cancel(message: Message, command: CommandObject, svc: BotServices, albums: AlbumCollector) -> None:
+    """/cancel [job id]: stop collecting photos, or cancel the sender's newest (or named) job."""
     task_id = (command.args or "").strip() or None
     if message.from_user is not None and task_id is None and albums.cancel(message.from_user.id):
         await message.answer("Stopped collecting photos for /train.")
@@ -158,6 +171,7 @@ async def on_cancel(message: Message, command: CommandObject, svc: BotServices, 
 
 
 async def on_other(message: Message) -> None:
+    """Any other text: point to /help."""
     await message.answer("I don't know that one. /help lists what I can do.")
 
 
@@ -204,12 +218,12 @@ def train_callbacks(bot: Bot, svc: BotServices) -> dict[str, Callable[..., Any]]
 
 
 async def _download(bot: Bot, file_id: str) -> bytes:
+    buffer = io.BytesIO()
     try:
-        buffer = await bot.download(file_id, destination=io.BytesIO())
+        await bot.download(file_id, destination=buffer)
     except Exception as exc:
         # aiohttp's errors quote the file URL, which holds the bot token: never pass them on as they are.
         logger.warning("downloading a /train photo failed: %s", redact(f"{type(exc).__name__}: {exc}"))
         raise TransientError("I could not fetch your photos from Telegram; send /train and the photos again") \
             from None
-    assert buffer is not None
     return buffer.getvalue()

@@ -66,9 +66,14 @@ class ResultLoop:
                 continue
             task = asyncio.create_task(self._deliver(item, job))
             self._in_flight[item.task_id] = task
-            task.add_done_callback(lambda _, key=item.task_id: self._in_flight.pop(key, None))
+            task.add_done_callback(self._forget)
             started += 1
         return started
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for key, running in list(self._in_flight.items()):
+            if running is task:
+                del self._in_flight[key]
 
     async def _deliver(self, item: Pending, job: JobRecord | None) -> None:
         try:
@@ -98,7 +103,11 @@ class ResultLoop:
                                                  "e.g. /avatar portrait in a space suit")
             return
         prompt = str(job.payload.get("prompt", ""))
-        for key in await asyncio.to_thread(self._image_keys, job):
+        keys = await asyncio.to_thread(self._image_keys, job)
+        if not keys:
+            await self.bot.send_message(chat_id, f"Your picture finished but no image was stored (job {job.id}); "
+                                                 "try /txt2img again")
+        for key in keys:
             data = await asyncio.to_thread(self.svc.storage.get_bytes, key)
             photo = BufferedInputFile(data, filename=posixpath.basename(key))
             await self.bot.send_photo(chat_id, photo, caption=prompt[:CAPTION_LIMIT] or None)
