@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from loramill.errors import InvalidInput
+from loramill.gateway.bot.app import run_bot
 from loramill.gateway.bot.settings import BotSettings, load_bot_settings
 from tests.gateway.bot.conftest import TOKEN, Services, face_photos, running_bot, stand_in
 from tests.gateway.bot.standin import Person
@@ -60,3 +61,17 @@ def test_settings_without_token_says_where_to_get_one(monkeypatch: pytest.Monkey
     monkeypatch.delenv("LORAMILL_TELEGRAM_TOKEN", raising=False)
     with pytest.raises(InvalidInput, match="LORAMILL_TELEGRAM_TOKEN: is not set; get a token from @BotFather"):
         load_bot_settings()
+
+
+def test_run_bot_with_refused_token_names_setting(services: Services) -> None:
+    wrong = "987654321:AAWrongTokenWrongTokenWrongToken-xyz"
+
+    async def scenario() -> None:
+        async with stand_in() as api:
+            settings = BotSettings(token=wrong, api_url=f"http://127.0.0.1:{api.port}")
+            await run_bot(settings, services.store, services.storage, services.broker)
+
+    with pytest.raises(InvalidInput) as caught:
+        asyncio.run(scenario())
+    assert "Telegram refused LORAMILL_TELEGRAM_TOKEN" in caught.value.message
+    assert wrong not in caught.value.message

@@ -15,10 +15,12 @@ from typing import Any
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
 from loramill.adapters.store import JobStore
+from loramill.errors import InvalidInput
 from loramill.gateway.api.service import Gateway
 from loramill.gateway.bot.albums import AlbumCollector
 from loramill.gateway.bot.deliveries import Deliveries
@@ -73,7 +75,7 @@ async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, brok
     # 3. Poll Telegram and send results side by side until told to stop.
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await bot.delete_webhook(drop_pending_updates=False)  # polling and a webhook cannot coexist
+        await _prepare_polling(bot)
         polling = asyncio.create_task(dispatcher.start_polling(
             bot, handle_signals=False, close_bot_session=False, polling_timeout=settings.polling_timeout))
         sending = asyncio.create_task(results.run(stop))
@@ -95,6 +97,18 @@ async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, brok
         await dispatcher["albums"].drain()
         await bot.session.close()
         logger.info("Telegram bot stopped")
+
+
+async def _prepare_polling(bot: Bot) -> None:
+    """Drop a webhook left by another deployment (polling and a webhook cannot coexist); check the token."""
+    try:
+        await bot.delete_webhook(drop_pending_updates=False)
+    except TelegramUnauthorizedError:
+        raise InvalidInput("Telegram refused LORAMILL_TELEGRAM_TOKEN (Unauthorized); copy the token again from "
+                           "@BotFather", code="invalid_setting", field="LORAMILL_TELEGRAM_TOKEN") from None
+    except TelegramNetworkError as exc:
+        # Not fatal: polling retries with backoff until the Bot API is reachable.
+        logger.warning("Bot API not reachable yet (%s); polling will keep trying", exc.message)
 
 
 async def _stop_polling(dispatcher: Dispatcher, polling: asyncio.Task[None]) -> None:
