@@ -302,3 +302,8 @@ def test_keep_jobs_across_kafka_broker_restart(
         assert broker.receive(2) is None
     finally:
         broker.close()
+
+
+def test_reject_unknown_librdkafka_property() -> None:
+    with pytest.raises(InvalidInput, match="no.such.property"):
+        KafkaBroker(extra_config={"no.such.property": 1}, create_topics=False)

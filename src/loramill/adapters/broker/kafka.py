@@ -52,7 +52,10 @@ class KafkaBroker(Broker):
 
     def __init__(self, settings: KafkaSettings | None = None, **overrides: Any) -> None:
         self.settings = load_settings(settings, **overrides)
-        self._producer = Producer({**producer_config(self.settings), "logger": log})
+        try:
+            self._producer = Producer({**producer_config(self.settings), "logger": log})
+        except KafkaException as exc:  # librdkafka rejected a property (extra_config, SSL files, ...)
+            raise InvalidInput(f"Kafka client configuration rejected: {exc.args[0].str()}", field="kafka") from None
         # Created on first receive(): a gateway that only publishes must never join the workers' group.
         self._consumer: JobConsumer | None = None
         self._events: Consumer | None = None
