@@ -14,6 +14,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LORA_FORMATS = ("kohya", "diffusers")
+PREPARE_MODES = ("auto", "never")
 
 
 def _bad(option: str, message: str) -> InvalidInput:
@@ -58,6 +59,9 @@ class TrainConfig:
     guidance_scale: float = 1.0  # FLUX guidance embedding value during training
     augment_variants: int = 0  # cached augmented copies per image (0: none)
     class_word: str | None = None
+    # Raw folders go through `dataset prepare` first (validation, EXIF, de-duplication, captions).
+    prepare: str = "auto"  # auto: prepare plain folders; never: read them as they are
+    subject: str | None = None  # face | object | style, for the dataset step
 
     def __post_init__(self) -> None:
         if not self.trigger or not self.trigger.strip():
@@ -90,6 +94,7 @@ class TrainConfig:
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("format", self.format, LORA_FORMATS)
+        _choice("prepare", self.prepare, PREPARE_MODES)
         for name in ("checkpoint_every", "validation_every", "lr_warmup_steps", "augment_variants"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

@@ -6,6 +6,7 @@ draw exactly the batches the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ import torch
 from PIL import Image, ImageOps
 
 from loramill.engine.families.base import ImageMeta
+from loramill.engine.progress import ProgressCallback, no_progress
 from loramill.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +57,30 @@ def load_examples(source: str, *, trigger: str, resolution: int, multiple: int) 
             size = (max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple))
         examples.append(Example(image_path=Path(item.image_path), caption=item.caption, size=size))
     return examples
+
+
+def needs_preparation(source: str) -> bool:
+    """A plain folder of images (no manifest.json from `dataset prepare`, no kohya dataset.toml)."""
+    path = Path(source)
+    return path.is_dir() and not (path / "manifest.json").exists() and not any(path.glob("*.toml"))
+
+
+def prepare_raw_images(source: str, out_dir: Path, *, trigger: str, resolution: int, subject: str | None,
+                       class_word: str | None, progress: ProgressCallback = no_progress) -> str:
+    """Run the dataset step on a raw folder: rejected files are reported, the rest become the training set.
+
+    Thresholds follow the training resolution (a 64 px tiny-model run accepts small images; a 1024 px
+    SDXL run keeps the 256 px minimum side).
+    """
+    from loramill.engine.dataset.config import DatasetConfig
+    from loramill.engine.dataset.prepare import prepare_dataset
+
+    config = DatasetConfig(resolution=resolution, trigger_word=trigger, subject=subject, class_word=class_word,
+                           min_images=1, min_side=min(256, max(16, resolution // 2)))
+    report = prepare_dataset([source], out_dir, config, progress=progress)
+    for rejection in report.rejected:
+        logger.warning("dataset: %s rejected (%s): %s", rejection.source, rejection.reason, rejection.message)
+    return str(out_dir)
 
 
 def load_pixels(example: Example, variant: int = 0, augment_config: object | None = None

@@ -28,7 +28,14 @@ from loramill.engine.training.checkpoint import (
     save_checkpoint,
 )
 from loramill.engine.training.config import TrainConfig
-from loramill.engine.training.data import batches_per_epoch, buckets_of, epoch_batches, load_examples
+from loramill.engine.training.data import (
+    batches_per_epoch,
+    buckets_of,
+    epoch_batches,
+    load_examples,
+    needs_preparation,
+    prepare_raw_images,
+)
 from loramill.engine.training.optim import check_optimizer, check_precision, make_optimizer, make_scheduler
 from loramill.errors import InvalidInput
 
@@ -64,8 +71,14 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # 2. Data: examples grouped into same-size buckets; batch order is a function of (seed, epoch).
-    examples = load_examples(config.images, trigger=config.trigger, resolution=config.resolution,
+    # 2. Data: raw folders pass the dataset step; examples are grouped into same-size buckets and
+    #    batch order is a function of (seed, epoch).
+    images = config.images
+    if config.prepare == "auto" and needs_preparation(images):
+        images = prepare_raw_images(images, run_dir / "dataset", trigger=config.trigger,
+                                    resolution=config.resolution, subject=config.subject,
+                                    class_word=config.class_word, progress=progress)
+    examples = load_examples(images, trigger=config.trigger, resolution=config.resolution,
                              multiple=family.RESOLUTION_MULTIPLE)
     buckets = buckets_of(examples)
     per_epoch = batches_per_epoch(buckets, config.batch_size)
