@@ -111,3 +111,17 @@ def test_photos_without_train_get_one_hint_per_album(services: Services) -> None
             assert len(api.sent_to(ann.id, "sendmessage")) == 2
 
     asyncio.run(scenario())
+
+
+def test_train_accepts_images_sent_as_files(services: Services) -> None:
+    async def scenario() -> str:
+        async with stand_in() as api, running_bot(services, api):
+            ann = Person(api, 4010)
+            ann.says("/train")
+            ann.sends_files(face_photos(5))
+            queued = await api.wait_for(ann.id, "sendmessage", contains="Got 5 photos")
+            return _last_line_word(queued[0].text)
+
+    job = services.store.get_job(asyncio.run(scenario()))
+    assert job is not None and job.kind == "train" and len(job.payload["images"]) == 5
+    assert job.payload["configurationParams"]["subjectType"] == "face"

@@ -112,20 +112,32 @@ async def on_train(message: Message, svc: BotServices, albums: AlbumCollector) -
     # Open the set before the first await: the other photos of an album captioned /train are being
     # handled concurrently and must find it open.
     albums.start(message.from_user.id, message.chat.id, message.message_id)
-    if message.photo:  # an album captioned /train: its first photo is this very message
-        albums.add(message.from_user.id, message.photo[-1].file_unique_id, message.photo[-1].file_id)
-    if await _user_id(message, svc) is None or message.photo:  # registers a newcomer under their name
+    picture = _picture(message)
+    if picture:  # an album captioned /train: its first photo is this very message
+        albums.add(message.from_user.id, *picture)
+    if await _user_id(message, svc) is None or picture:  # registers a newcomer under their name
         return
     await message.answer(f"Send {albums.min_photos}-{albums.max_photos} photos of your face: one person, "
                          "different angles and light. Albums or one by one; I start when you stop.")
 
 
+def _picture(message: Message) -> tuple[str, str] | None:
+    """``(file_unique_id, file_id)`` of the picture in the message: a photo, or an image sent as a file."""
+    if message.photo:
+        largest = message.photo[-1]  # Telegram lists the sizes smallest first
+        return largest.file_unique_id, largest.file_id
+    document = message.document
+    if document is not None and (document.mime_type or "").startswith("image/"):
+        return document.file_unique_id, document.file_id  # "send as file": full quality, worth keeping
+    return None
+
+
 async def on_photo(message: Message, albums: AlbumCollector, hinted_groups: deque[str]) -> None:
-    """A photo: joins the sender's open /train, else a hint to send /train first."""
-    if message.from_user is None or not message.photo:
+    """A photo (or an image sent as a file): joins the sender's open /train, else a hint to send /train first."""
+    picture = _picture(message)
+    if message.from_user is None or picture is None:
         return
-    largest = message.photo[-1]  # Telegram lists the sizes smallest first
-    if albums.add(message.from_user.id, largest.file_unique_id, largest.file_id):
+    if albums.add(message.from_user.id, *picture):
         return
     if message.media_group_id is not None:
         # Albums arrive as one message per photo: hint once per album, not once per photo.
@@ -185,7 +197,7 @@ def build_router() -> Router:
     router.message.register(on_train, Command("train"))  # before photos: an album may be captioned /train
     router.message.register(on_status, Command("status"))
     router.message.register(on_cancel, Command("cancel"))
-    router.message.register(on_photo, F.photo)
+    router.message.register(on_photo, F.photo | F.document.mime_type.startswith("image/"))
     router.message.register(on_other, F.text)
     return router
 
