@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from loramill.errors import (
     Canceled,
@@ -103,11 +104,29 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "body_too_large"}
-    message = str(exc.detail) if exc.detail else "request failed"
-    if exc.status_code == 404 and message == "Not Found":
+    status, message = exc.status_code, str(exc.detail) if exc.detail else "request failed"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 400:
+        # FastAPI's answer to a body that is not JSON (or not UTF-8): the same 422 as any bad input
+        return JSONResponse(error_body("invalid_json", "the request body is not valid UTF-8 JSON; send a JSON "
+                                       "object"), status_code=422)
+    if status == 404 and message == "Not Found":
         message = f"no route {request.url.path}; see /docs for the API"
-    return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), message),
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    if status == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+        message = f"{request.method} is not allowed here; use {headers['Allow']}"
+    return JSONResponse(error_body(codes.get(status, "http_error"), message), status_code=status, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette lists only the first matching route's methods; each method here is its own route.
+    scope = {"type": "http", "path": request.url.path, "method": "", "root_path": ""}
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -218,18 +218,21 @@ class Gateway:
 
     def file_key(self, who: Principal, key: str) -> str:
         """``key`` if it is in the caller's folder and stored; ``NotFound`` otherwise."""
-        key = self._own_key(who, key, "key", missing=NotFound)
+        try:
+            key = self._own_key(who, key, "key")
+        except InvalidInput:
+            raise NotFound(f"no file {key[:200]!r}", field="key") from None  # no such key can exist
         if not self.storage.exists(key):
             raise NotFound(f"no file {key!r}", field="key")
         return key
 
-    def _own_key(self, who: Principal, key: str, field: str, missing: type[LoramillError] = NotFound) -> str:
+    def _own_key(self, who: Principal, key: str, field: str) -> str:
         try:
             key = validate_key(key)
         except InvalidInput as exc:
             raise InvalidInput(f"{field}: {exc.message}", code=exc.code, field=field) from None
         if not (who.is_admin or key.startswith(f"users/{who.user_id}/")):
-            raise missing(f"{field}: no file {key!r} of yours", field=field)
+            raise NotFound(f"{field}: no file {key!r} of yours", field=field)
         return key
 
 
