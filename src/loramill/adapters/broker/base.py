@@ -65,5 +65,5 @@ class Broker(ABC):
         """Jobs waiting, where the broker can tell (for metrics and backpressure)."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: adapters without connections need nothing)
         """Release connections; held deliveries return to the queue."""
