@@ -58,11 +58,12 @@ def test_fetch_url_refuses_loopback_by_default(http_server: Served) -> None:
 
 
 def test_fetch_url_times_out_on_slow_server(http_server: Served) -> None:
-    http_server.routes["/slow"] = slow_route(3.0)
+    http_server.routes["/slow"] = slow_route(8.0)
     started = time.monotonic()
     error = refusal(http_server.url("/slow"), allow_private=True)
     assert error.code == "download_failed" and "timed out" in error.message
-    assert time.monotonic() - started < 2.0
+    # Functional, not a speed target: the client gave up long before the 8 s response would come.
+    assert time.monotonic() - started < 6.0
 
 
 def test_fetch_url_retries_with_backoff_then_gives_up(http_server: Served) -> None:
