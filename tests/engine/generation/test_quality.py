@@ -1,0 +1,93 @@
+"""The load policy: full quality when idle, cheaper levels as the expected wait grows, never below the floor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from loramill.engine.generation.quality import (
+    DEFAULT_LEVELS,
+    FULL,
+    STEPS_ONLY_LEVELS,
+    LoadPolicy,
+    QualityLevel,
+    apply_level,
+    choose_level,
+    degrade_request,
+    expected_wait,
+)
+
+
+def test_choose_level_full_quality_when_idle() -> None:
+    assert choose_level(0.0, 2.0, target_seconds=1.0) == FULL
+
+
+def test_choose_level_full_quality_without_target() -> None:
+    assert choose_level(1000.0, 2.0, target_seconds=None) == FULL
+
+
+@pytest.mark.parametrize(("wait", "expected"), [
+    (2.0, "full"),      # (2 + 2) × 1.0 = 4 ≤ 5
+    (5.0, "fast"),      # (5 + 2) × 0.6 = 4.2
+    (8.0, "faster"),    # (8 + 2) × 0.4 = 4
+    (12.0, "fastest"),  # (12 + 2) × 0.225 = 3.15
+    (500.0, "fastest"),  # nothing meets it: the cheapest level
+])
+def test_choose_level_degrades_as_wait_grows(wait: float, expected: str) -> None:
+    assert choose_level(wait, 2.0, target_seconds=5.0).name == expected
+
+
+def test_choose_level_is_monotonic_in_wait() -> None:
+    costs = [choose_level(w / 4, 1.0, target_seconds=3.0).cost for w in range(0, 200)]
+    assert costs == sorted(costs, reverse=True)
+
+
+def test_choose_level_steps_only_keeps_resolution() -> None:
+    assert choose_level(1e6, 1.0, 1.0, STEPS_ONLY_LEVELS).resolution_factor == 1.0
+
+
+def test_apply_level_rounds_steps_up_and_sides_down_to_multiple() -> None:
+    assert apply_level(25, 512, 512, DEFAULT_LEVELS[1]) == (15, 512, 512)
+    assert apply_level(1, 512, 512, DEFAULT_LEVELS[2]) == (1, 512, 512)
+    assert apply_level(20, 512, 768, DEFAULT_LEVELS[3], multiple=64) == (8, 384, 576)
+    assert apply_level(20, 64, 64, QualityLevel("tiny", 0.5, 0.1), multiple=8) == (10, 8, 8)
+
+
+def test_quality_level_rejects_factors_outside_unit_interval() -> None:
+    with pytest.raises(ValueError, match="factors"):
+        QualityLevel("bad", steps_factor=1.5)
+
+
+def test_expected_wait_shares_queue_between_workers() -> None:
+    assert expected_wait(10, 2.0, workers=2) == 10.0
+    assert expected_wait(-1, 2.0) == 0.0
+
+
+@dataclass
+class _Request:
+    prompt: str
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def test_degrade_request_fills_model_defaults_and_leaves_full_alone() -> None:
+    request = _Request("a dog")
+    assert degrade_request(request, FULL, default_steps=20, default_size=64) is request
+    degraded = degrade_request(request, DEFAULT_LEVELS[3], default_steps=20, default_size=64)
+    assert (degraded.steps, degraded.width, degraded.height) == (8, 48, 48)
+    assert request.steps is None
+
+
+def test_load_policy_learns_full_quality_seconds_from_degraded_jobs() -> None:
+    policy = LoadPolicy(target_seconds=5.0, initial_seconds=1.0, smoothing=1.0)
+    policy.observe(0.6, DEFAULT_LEVELS[1])  # 0.6 s at cost 0.6 → 1 s at full quality
+    assert policy.seconds_per_job == pytest.approx(1.0)
+    assert policy.level_for(0) == FULL
+    assert policy.level_for(3).name == "full"
+    assert policy.level_for(20).name == "fastest"
+
+
+def test_load_policy_without_target_is_off() -> None:
+    assert LoadPolicy(None).level_for(10_000) == FULL
