@@ -23,7 +23,7 @@ def get_family(name: str) -> FamilyModule:
         raise InvalidInput(f"unknown model family {name!r}; supported: {', '.join(FAMILIES)}",
                            code="unknown_family", field="family")
     module: Any = importlib.import_module(FAMILIES[name])
-    return module  # type: ignore[no-any-return]
+    return module
 
 
 def detect_family(source: str, hint: str | None = None) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from loramill.engine.families.base import ImageMeta, add_noise_ddpm, ddpm_target, load_pipeline_of
+
 # Same VAE handling and the same pipeline arguments as SD 1.5.
 from loramill.engine.families.sd15 import _noise_scheduler, encode_images, generation_kwargs  # noqa: F401
 

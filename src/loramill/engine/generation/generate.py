@@ -114,7 +114,7 @@ class Generator:
         if family is not None:
             kwargs = family.generation_kwargs(prompt=prompt, negative_prompt=request.negative_prompt, steps=steps,
                                               guidance=guidance, width=width, height=height,
-                                              num_images=request.num_images, generator=generators)  # type: ignore[arg-type]
+                                              num_images=request.num_images, generator=generators)
         else:
             kwargs = dict(prompt=prompt, negative_prompt=request.negative_prompt or None, num_inference_steps=steps,
                           guidance_scale=guidance, width=width, height=height,

@@ -45,7 +45,7 @@ def _vae(latent_channels: int = 4, flux: bool = False):
 
 
 def build_sd15():
-    from diffusers import DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = clip_tokenizer()
     unet = UNet2DConditionModel(
@@ -58,7 +58,6 @@ def build_sd15():
     # The real SD 1.5 folder ships PNDM for inference; training reads the same config as DDPM.
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
-    assert DDPMScheduler  # imported for symmetry with the loader; see families/sd15.py
     return StableDiffusionPipeline(
         vae=_vae(), text_encoder=_clip_text_encoder(len(tokenizer), 32), tokenizer=tokenizer, unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -39,7 +39,8 @@ def clip_tokenizer(model_max_length: int = 77):
                 vocab[merged] = len(vocab)
                 merges.append((current, right))
             current = merged
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    # The BPE model takes merges as pairs; transformers' annotation lists only strings.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
 def t5_tokenizer(model_max_length: int = 512):

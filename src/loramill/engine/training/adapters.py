@@ -17,8 +17,9 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float, target_modules: li
     """Inject a fresh LoRA into ``model`` and return its trainable parameters (only those)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, init_lora_weights="gaussian",
-                        lora_dropout=0.0)
+    # peft annotates lora_alpha as int but uses it as a float scale (alpha / r); kohya alphas may be fractional.
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules,  # type: ignore[arg-type]
+                        init_lora_weights="gaussian", lora_dropout=0.0)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     if not params:

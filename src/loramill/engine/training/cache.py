@@ -61,10 +61,10 @@ def build_cache(family: FamilyModule, pipe: Any, examples: list[Example], varian
     if cache_text:
         captions = sorted(set(e.caption for e in examples))
         for start in range(0, len(captions), encode_batch):
-            chunk = captions[start:start + encode_batch]
-            encoded = family.encode_prompts(pipe, chunk)
-            for j, caption in enumerate(chunk):
+            batch = captions[start:start + encode_batch]
+            encoded = family.encode_prompts(pipe, batch)
+            for j, caption in enumerate(batch):
                 cache.embeds[caption] = {k: v[j:j + 1].detach().to("cpu", torch.float32) for k, v in encoded.items()}
-            done += len(chunk)
+            done += len(batch)
             progress(Progress("cache", done, total))
     return cache

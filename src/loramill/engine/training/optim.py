@@ -16,14 +16,14 @@ def _adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float)
 
 def _adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     check_optimizer("adamw8bit")
-    import bitsandbytes as bnb  # type: ignore[import-not-found]
+    import bitsandbytes as bnb
 
     return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
 def _prodigy(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     check_optimizer("prodigy")
-    from prodigyopt import Prodigy  # type: ignore[import-not-found]
+    from prodigyopt import Prodigy
 
     # Prodigy estimates the step size itself; its docs recommend lr=1.0 and treat ours as a multiplier.
     return Prodigy(params, lr=lr, weight_decay=weight_decay, safeguard_warmup=True, use_bias_correction=True)
@@ -41,13 +41,13 @@ def check_optimizer(name: str) -> None:
             raise UnsupportedHardware("--optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit kernels); "
                                       "on this machine use --optimizer adamw", field="optimizer")
         try:
-            import bitsandbytes  # type: ignore[import-not-found]  # noqa: F401
+            import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise DependencyMissing("--optimizer adamw8bit needs bitsandbytes: pip install 'loramill[cuda]'",
                                     field="optimizer") from exc
     elif name == "prodigy":
         try:
-            import prodigyopt  # type: ignore[import-not-found]  # noqa: F401
+            import prodigyopt  # noqa: F401
         except ImportError as exc:
             raise DependencyMissing("--optimizer prodigy needs prodigyopt: pip install 'loramill[prodigy]'",
                                     field="optimizer") from exc
