@@ -41,7 +41,7 @@ class BotApiStandIn:
         self.sent: list[Sent] = []
         self.calls: list[tuple[str, float]] = []
         self.refused: list[tuple[str, float]] = []
-        self._failures: dict[str, list[int]] = {}
+        self._failures: dict[str, list[int | None]] = {}
         self._new_update = asyncio.Event()
         self._sent_event = asyncio.Event()
         self._ids = itertools.count(1)
@@ -80,8 +80,9 @@ class BotApiStandIn:
         self.files[file_id] = data
         return file_id
 
-    def fail_next(self, method: str, retry_after: int) -> None:
-        """Answer the next call of ``method`` with 429 and ``retry_after``, as flood control does."""
+    def fail_next(self, method: str, retry_after: int | None = None) -> None:
+        """Answer the next call of ``method`` with 429 and ``retry_after`` as flood control does, or with
+        500 Internal Server Error when no ``retry_after`` is given."""
         self._failures.setdefault(method.lower(), []).append(retry_after)
 
     def sent_to(self, chat_id: int, method: str | None = None) -> list[Sent]:
@@ -118,6 +119,9 @@ class BotApiStandIn:
         if self._failures.get(method):
             retry_after = self._failures[method].pop(0)
             self.refused.append((method, now))
+            if retry_after is None:
+                return web.json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"},
+                                         status=500)
             return web.json_response({"ok": False, "error_code": 429, "parameters": {"retry_after": retry_after},
                                       "description": f"Too Many Requests: retry after {retry_after}"}, status=429)
         handler = getattr(self, f"_{method}", None)

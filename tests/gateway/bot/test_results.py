@@ -6,8 +6,14 @@ import asyncio
 import time
 from typing import Any
 
+from loramill.gateway.api.service import Gateway
+from loramill.gateway.bot.app import build_bot
 from loramill.gateway.bot.deliveries import Deliveries
-from tests.gateway.bot.conftest import Services, decoded, running_bot, stand_in
+from loramill.gateway.bot.jobs import BotServices
+from loramill.gateway.bot.results import ResultLoop
+from loramill.gateway.settings import GatewaySettings
+from loramill.jobs.status import JobStatus
+from tests.gateway.bot.conftest import Services, bot_settings, decoded, png_bytes, running_bot, stand_in
 from tests.gateway.bot.standin import Person
 
 
@@ -64,3 +70,70 @@ def test_failed_job_sends_its_error_message(services: Services, worker: Any) -> 
             assert api.sent_to(ann.id, "sendphoto") == []
 
     asyncio.run(scenario())
+
+
+def _finished_generation(services: Services, chat_id: int, image: bytes | None) -> str:
+    """A generation job of a Telegram user that a worker has completed (its image stored, if given)."""
+    user = services.store.get_or_create_telegram_user(chat_id, "Ann")
+    task_id = f"done-{chat_id}"
+    key = f"users/{user.id}/generations/{task_id}/0.png"
+    services.store.create_job(task_id, user.id, "generate", {"taskId": task_id, "userId": user.id, "prompt": "a kite"})
+    services.store.transition(task_id, JobStatus.PROCESSING)
+    if image is not None:
+        services.storage.put_bytes(key, image, "image/png")
+    services.store.transition(task_id, JobStatus.COMPLETED, result={"taskId": task_id, "imagePaths": [key]})
+    return task_id
+
+
+async def _run_loop(services: Services, api: Any, task_id: str, chat_id: int, until: Any) -> ResultLoop:
+    settings = bot_settings(f"http://127.0.0.1:{api.port}")
+    bot = build_bot(settings)
+    svc = BotServices(settings, Gateway(GatewaySettings(), services.store, services.storage, services.broker),
+                      Deliveries(services.store.db))
+    svc.deliveries.expect(task_id, chat_id)
+    loop = ResultLoop(bot, svc, poll_interval=0.02, retry_base=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(loop.run(stop))
+    try:
+        await until()
+    finally:
+        stop.set()
+        await running
+        await bot.session.close()
+    return loop
+
+
+def test_result_retried_after_server_error_arrives_once(services: Services) -> None:
+    chat_id = 5003
+    png = png_bytes()
+    task_id = _finished_generation(services, chat_id, png)
+
+    async def scenario() -> None:
+        async with stand_in() as api:
+            api.fail_next("sendPhoto")  # Telegram answers 500 once
+            await _run_loop(services, api, task_id, chat_id, lambda: api.wait_for(chat_id, "sendphoto"))
+            await asyncio.sleep(0.2)  # several more rounds of the loop
+            assert [m for m, _ in api.refused] == ["sendphoto"]
+            photos = api.sent_to(chat_id, "sendphoto")
+            assert len(photos) == 1 and photos[0].data == png
+
+    asyncio.run(scenario())
+    assert Deliveries(services.store.db).delivered_at(task_id) is not None
+
+
+def test_result_with_missing_image_is_given_up(services: Services) -> None:
+    chat_id = 5004
+    task_id = _finished_generation(services, chat_id, None)
+    deliveries = Deliveries(services.store.db)
+
+    async def scenario() -> None:
+        async with stand_in() as api:
+            async def given_up() -> None:
+                while deliveries.delivered_at(task_id) is None:
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(_run_loop(services, api, task_id, chat_id, given_up), 20)
+            assert api.sent_to(chat_id, "sendphoto") == []
+
+    asyncio.run(scenario())
+

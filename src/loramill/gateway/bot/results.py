@@ -2,9 +2,11 @@
 
 The loop reads the chats still waiting (``Deliveries``), and for each job that has reached a terminal
 state sends the picture(s), the "avatar ready" note or the failure's message, then marks the row
-delivered. All sends go through the bot's paced session (``sender.Sender``). A restart picks up the
-rows still pending and skips those delivered; the one gap left is a crash between Telegram accepting
-a photo and the mark being written, which resends that result once rather than losing it.
+delivered. All sends go through the bot's paced session (``sender.Sender``). A send that fails is
+tried again with exponential backoff: forever through a Telegram or network outage, a few times for
+anything else (an image gone from storage). A restart picks up the rows still pending and skips those
+delivered; the one gap left is a crash between Telegram accepting a photo and the mark being written,
+which resends that result once rather than losing it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import time
 from typing import Any
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError, TelegramNotFound
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramServerError,
+)
 from aiogram.types import BufferedInputFile
 
 from loramill.adapters.store import JobRecord
+from loramill.errors import Overloaded, TransientError
 from loramill.gateway.bot.deliveries import Pending
 from loramill.gateway.bot.jobs import BotServices
 from loramill.jobs.status import JobStatus
@@ -29,16 +39,22 @@ logger = logging.getLogger("loramill.bot.results")
 CAPTION_LIMIT = 1024  # Telegram's limit on a photo caption
 # The chat is gone or refuses the bot: retrying can never deliver, so the row is closed.
 UNDELIVERABLE = (TelegramForbiddenError, TelegramNotFound, TelegramBadRequest)
+# Telegram or the network is down: worth waiting out however long it takes (with backoff).
+OUTAGE = (TelegramNetworkError, TelegramServerError, Overloaded, TransientError)
+MAX_OTHER_FAILURES = 5  # anything else (an image missing from storage) is given up after this many tries
+MAX_BACKOFF = 300.0
 
 
 class ResultLoop:
     """Polls for finished Telegram jobs and sends their results."""
 
-    def __init__(self, bot: Bot, svc: BotServices, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, bot: Bot, svc: BotServices, *, poll_interval: float = 1.0, retry_base: float = 2.0) -> None:
         self.bot = bot
         self.svc = svc
         self.poll_interval = poll_interval
+        self.retry_base = retry_base  # first wait after a failed send; doubles with each failure
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # task id -> (failed tries, next try at)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then let sends already under way finish."""
@@ -59,7 +75,7 @@ class ResultLoop:
         pending = await asyncio.to_thread(self.svc.deliveries.pending)
         started = 0
         for item in pending:
-            if item.task_id in self._in_flight:
+            if item.task_id in self._in_flight or time.monotonic() < self._failures.get(item.task_id, (0, 0.0))[1]:
                 continue
             job = await asyncio.to_thread(self.svc.store.get_job, item.task_id)
             if job is not None and not JobStatus(job.status).terminal:
@@ -82,11 +98,26 @@ class ResultLoop:
         except UNDELIVERABLE as exc:
             logger.warning("result cannot reach chat %s, giving up: %s", item.chat_id, redact(str(exc)),
                            extra={"task_id": item.task_id})
-        except Exception as exc:  # network or 429 beyond the retries: leave it pending for the next round
-            logger.warning("sending the result to chat %s failed, will retry: %s", item.chat_id,
-                           redact(f"{type(exc).__name__}: {exc}"), extra={"task_id": item.task_id})
-            return
+        except Exception as exc:
+            if self._retry_later(item, exc):
+                return
+        self._failures.pop(item.task_id, None)
         await asyncio.to_thread(self.svc.deliveries.mark_delivered, item.task_id)
+
+    def _retry_later(self, item: Pending, exc: Exception) -> bool:
+        """Schedule another try with exponential backoff; ``False`` when this result is given up."""
+        tries = self._failures.get(item.task_id, (0, 0.0))[0] + 1
+        outage = isinstance(exc, OUTAGE)
+        text = redact(f"{type(exc).__name__}: {exc}")
+        if not outage and tries >= MAX_OTHER_FAILURES:
+            logger.error("giving up sending the result to chat %s after %d tries: %s", item.chat_id, tries, text,
+                         extra={"task_id": item.task_id})
+            return False
+        wait = min(self.retry_base * 2 ** (tries - 1), MAX_BACKOFF)
+        self._failures[item.task_id] = (tries, time.monotonic() + wait)
+        logger.warning("sending the result to chat %s failed (try %d), again in %.0fs: %s", item.chat_id, tries,
+                       wait, text, extra={"task_id": item.task_id})
+        return True
 
     async def _send_result(self, chat_id: int, job: JobRecord) -> None:
         status = JobStatus(job.status)
