@@ -220,10 +220,13 @@ class Person:
                 "chat": {"id": self.id, "type": "private", "first_name": self.name},
                 "from": {"id": self.id, "is_bot": False, "first_name": self.name}, **fields}
 
-    def says(self, text: str) -> None:
-        """Send a text message (commands included)."""
+    def says(self, text: str, *, in_group: int | None = None) -> None:
+        """Send a text message (commands included), in the private chat or in group ``in_group``."""
         entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}] if text.startswith("/") else []
-        self.api.push(self._message(text=text, entities=entities))
+        message = self._message(text=text, entities=entities)
+        if in_group is not None:
+            message["chat"] = {"id": in_group, "type": "group", "title": "friends"}
+        self.api.push(message)
 
     def sends_files(self, images: list[bytes]) -> None:
         """Send pictures one by one as files ("send without compression")."""

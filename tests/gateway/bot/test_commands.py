@@ -125,3 +125,17 @@ def test_train_accepts_images_sent_as_files(services: Services) -> None:
     job = services.store.get_job(asyncio.run(scenario()))
     assert job is not None and job.kind == "train" and len(job.payload["images"]) == 5
     assert job.payload["configurationParams"]["subjectType"] == "face"
+
+
+def test_group_chat_answers_commands_only(services: Services) -> None:
+    async def scenario() -> None:
+        async with stand_in() as api, running_bot(services, api):
+            ann, group = Person(api, 4011), -100500
+            ann.says("nice weather today", in_group=group)
+            ann.says("/help", in_group=group)
+            await api.wait_for(group, "sendmessage", contains="/txt2img")
+            ann.says("hello bot")  # privately, anything gets an answer
+            await api.wait_for(ann.id, "sendmessage", contains="/help lists")
+            assert len(api.sent_to(group, "sendmessage")) == 1
+
+    asyncio.run(scenario())

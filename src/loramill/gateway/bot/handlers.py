@@ -137,8 +137,8 @@ async def on_photo(message: Message, albums: AlbumCollector, hinted_groups: dequ
     picture = _picture(message)
     if message.from_user is None or picture is None:
         return
-    if albums.add(message.from_user.id, *picture):
-        return
+    if albums.add(message.from_user.id, *picture) or message.chat.type != "private":
+        return  # in a group, photos are people talking to each other: no hints there
     if message.media_group_id is not None:
         # Albums arrive as one message per photo: hint once per album, not once per photo.
         if message.media_group_id in hinted_groups:
@@ -198,7 +198,7 @@ def build_router() -> Router:
     router.message.register(on_status, Command("status"))
     router.message.register(on_cancel, Command("cancel"))
     router.message.register(on_photo, F.photo | F.document.mime_type.startswith("image/"))
-    router.message.register(on_other, F.text)
+    router.message.register(on_other, F.text, F.chat.type == "private")  # groups: only commands get answers
     return router
 
 
