@@ -1,0 +1,66 @@
+"""``loramill keys create`` and ``loramill serve`` as a user runs them: one process, API + worker, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.services.common import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def loramill(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loramill.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_serve_runs_api_and_worker_and_stops_cleanly(tmp_path: Path, tiny_sd15: Path) -> None:
+    env = {**os.environ, "LORAMILL_HOME": str(tmp_path / "home"), "LORAMILL_BASE_MODEL": str(tiny_sd15),
+           "LORAMILL_LOG_FORMAT": "text"}
+    env.pop("LORAMILL_TELEGRAM_TOKEN", None)
+    created = loramill(env, "keys", "create", "--user", "carol")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("lm_") and "carol" in created.stderr
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    service = subprocess.Popen([sys.executable, "-m", "loramill.cli", "serve", "--port", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+
+        job = client.post("/v1/generations", json={"prompt": "a kite", "width": 64, "height": 64, "steps": 2}).json()
+        with client.stream("GET", job["links"]["events"], timeout=120) as events:
+            statuses = [json.loads(line[6:])["status"] for line in events.iter_lines() if line.startswith("data: ")]
+        done = client.get(job["links"]["self"]).json()
+        picture = client.get(done["result"]["files"][0]["url"])
+        metrics = client.get("/metrics").text
+        page = client.get("/")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        code = service.wait(timeout=60)
+        log.close()
+
+    assert statuses[0] == "queued" and statuses[-1] == "completed"
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    assert 'loramill_jobs_total{kind="generate",status="completed"} 1.0' in metrics
+    assert "loramill_http_requests_total" in metrics
+    assert page.status_code == 200 and "<title>loramill</title>" in page.text
+    output = (tmp_path / "serve.log").read_text()
+    assert code == 0 and "serving on" in output and "stopped" in output
