@@ -18,6 +18,7 @@ from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage, validate_key
 from loramill.adapters.store import JobRecord, JobStore, LoraRecord, Page
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
+from loramill.gateway.api import metrics
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, TrainingJob, parse_job
@@ -120,6 +121,7 @@ class Gateway:
                                f"(LORAMILL_QUEUE_LIMIT); retry in {self.settings.retry_after_seconds} s",
                                code="queue_full")
             error.retry_after = self.settings.retry_after_seconds  # type: ignore[attr-defined]
+            metrics.REJECTED.inc()
             raise error
 
     def _existing(self, who: Principal, task_id: str) -> JobRecord | None:
@@ -149,6 +151,7 @@ class Gateway:
                                   event=JobEvent(task_id=job.task_id, user_id=who.user_id, status=JobStatus.FAILED,
                                                  error=ErrorInfo.from_exception(error)).to_dict())
             raise error from None
+        metrics.SUBMITTED.labels(kind=job.kind).inc()
         logger.info("queued %s job", job.kind, extra={"task_id": job.task_id})
         return record, True
 
