@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from loramill.adapters.broker.base import Broker
 from loramill.adapters.broker.sql import SqlBroker
+from loramill.adapters.storage.base import Storage
 from loramill.adapters.storage.local import LocalStorage
 from loramill.adapters.store import JobStore
 from loramill.gateway.api.main import create_app
@@ -23,8 +25,8 @@ class Api:
     """The app's parts and a client per user."""
 
     store: JobStore
-    storage: LocalStorage
-    broker: SqlBroker
+    storage: Storage
+    broker: Broker
     settings: GatewaySettings
     client: TestClient
     keys: dict[str, str]
@@ -39,10 +41,12 @@ def png_bytes(index: int = 0, size: tuple[int, int] = (96, 80)) -> bytes:
     return buffer.getvalue()
 
 
-def make_api(tmp_path: Path, **overrides: object) -> Api:
-    store = JobStore(f"sqlite:///{tmp_path / 'loramill.db'}")
-    storage = LocalStorage(tmp_path / "storage")
-    broker = SqlBroker(store)
+def make_api(tmp_path: Path, *, store: JobStore | None = None, storage: Storage | None = None,
+             broker: Broker | None = None, **overrides: object) -> Api:
+    """The app over the given parts; by default SQLite, a local folder and the SQL queue."""
+    store = store or JobStore(f"sqlite:///{tmp_path / 'loramill.db'}")
+    storage = storage or LocalStorage(tmp_path / "storage")
+    broker = broker or SqlBroker(store)
     settings = GatewaySettings(**{"sse_poll_seconds": 0.05, **overrides})  # type: ignore[arg-type]
     keys = {}
     for user in ("alice", "bob", "root"):
