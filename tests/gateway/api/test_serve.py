@@ -64,3 +64,41 @@ def test_serve_runs_api_and_worker_and_stops_cleanly(tmp_path: Path, tiny_sd15: 
     assert page.status_code == 200 and "<title>loramill</title>" in page.text
     output = (tmp_path / "serve.log").read_text()
     assert code == 0 and "serving on" in output and "stopped" in output
+
+
+@pytest.mark.services
+def test_serve_runs_on_postgres_kafka_and_s3_by_configuration(tmp_path: Path, postgres_database: str,
+                                                              kafka_bootstrap: str, s3_env: dict[str, str]) -> None:
+    from tests.adapters.broker.test_kafka import read_topic
+
+    topic = f"serve{int(time.time() * 1000)}.jobs"
+    env = {**os.environ, **s3_env, "LORAMILL_HOME": str(tmp_path / "home"), "LORAMILL_LOG_FORMAT": "text",
+           "LORAMILL_DATABASE_URL": postgres_database, "LORAMILL_STORAGE": "s3", "LORAMILL_BROKER": "kafka",
+           "KAFKA_BOOTSTRAP_SERVER": kafka_bootstrap, "KAFKA_TOPIC_INPUT": topic,
+           "KAFKA_TOPIC_OUTPUT": topic.replace(".jobs", ".events"), "LORAMILL_WORKERS": "0"}
+    env.pop("LORAMILL_TELEGRAM_TOKEN", None)
+    key = loramill(env, "keys", "create", "--user", "dave").stdout.strip()
+    port = free_port()
+    service = subprocess.Popen([sys.executable, "-m", "loramill.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"})
+        ready = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ready is None:
+            try:
+                ready = client.get("/readyz")
+            except httpx.TransportError:
+                time.sleep(0.2)
+        upload = client.post("/v1/trainings", files=[("images", ("a.png", b"", "image/png"))])
+        job = client.post("/v1/generations", json={"prompt": "on kafka"}).json()
+        published = read_topic(kafka_bootstrap, topic, 1)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        code = service.wait(timeout=60)
+
+    assert ready is not None and ready.json() == {"status": "ok", "checks": {"store": "ok", "storage": "ok",
+                                                                             "broker": "ok"}}
+    assert upload.status_code == 422  # the empty file is refused before anything reaches S3 or Kafka
+    assert [json.loads(body)["taskId"] for body, _ in published] == [job["id"]]
+    assert code == 0
