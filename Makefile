@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP) services
 	LORAMILL_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# long fault, soak and load runs of tests/reliability (issue 7); figures land in docs/reliability.md
+soak: $(STAMP) services
+	LORAMILL_REQUIRE_SERVICES=1 LORAMILL_SOAK=1 $(PY) -m pytest tests/reliability -m soak $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy src/loramill

@@ -413,14 +413,30 @@ def failed_event_for(raw: bytes | str | Mapping[str, Any], error: LoramillError)
     """The ``failed`` event answering a job that could not be parsed, if its ``taskId`` is readable.
 
     Without a usable ``taskId`` no client could match the event, so the caller dead-letters instead.
+    The message is read leniently here: a job refused for ``NaN`` or a lone surrogate escape (both
+    what Python's ``json.dumps`` writes) still names its task, and its sender is waiting for an answer.
     """
     try:
         data = _load_object(raw)
     except InvalidInput:
-        return None
+        data = _load_leniently(raw)
+        if data is None:
+            return None
     ids = [_id_from_int(data.get(k)) for k in ("taskId", "userId")]
     task_id, user_id = [v if isinstance(v, str) and _ID.fullmatch(v) else None for v in ids]
     if task_id is None:
         return None
     return JobEvent(task_id=task_id, user_id=user_id, status=JobStatus.FAILED,
                     error=ErrorInfo.from_exception(error))
+
+
+def _load_leniently(raw: bytes | str | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON object in ``raw`` as Python's ``json`` reads it at its most lenient (NaN, Infinity, lone
+    surrogates, raw control characters in strings), or None."""
+    if isinstance(raw, Mapping) or len(raw) > MAX_JOB_BYTES:
+        return None
+    try:
+        data = json.loads(raw, strict=False)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
