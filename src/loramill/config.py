@@ -8,18 +8,14 @@ gathers them, registers every secret with the log redactor before anything is lo
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from loramill.adapters.broker import Broker, make_broker
 from loramill.adapters.storage import Storage, StorageSettings, load_storage_settings, make_storage
 from loramill.adapters.store import JobStore, StoreSettings
 from loramill.jobs.settings import WorkerSettings, load_worker_settings
-from loramill.logs import register_secret
-
-_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|PRIVATE", re.I)
+from loramill.logs import register_environment_secrets, register_secret
 
 
 @dataclass
@@ -36,20 +32,6 @@ def load_config(**worker_overrides: Any) -> Config:
     register_environment_secrets(os.environ)
     return Config(worker=load_worker_settings(**worker_overrides), storage=load_storage_settings(),
                   store=StoreSettings())
-
-
-def register_environment_secrets(environ: dict[str, str] | os._Environ[str]) -> None:
-    """Mask, in every log line, the values of secret-looking variables and passwords inside URLs."""
-    for name, value in environ.items():
-        if _SECRET_NAME.search(name):
-            register_secret(value)
-        if "://" in value:
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                continue
-            if password:
-                register_secret(password)
 
 
 def open_store(config: Config) -> JobStore:

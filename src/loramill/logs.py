@@ -18,9 +18,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 MASK = "***"
 task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("loramill_task_id", default=None)
@@ -31,6 +32,7 @@ _SECRET_PAIR = re.compile(
     r"""(?ix)
     (?P<key>["']?[\w.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[\w.-]*["']?\s*[:=]\s*)
     (?P<quote>["']?)(?P<value>[^\s"',;&}]+)""")
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|PRIVATE", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^@\s/]+)(?=@)", re.I)
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "task_id"}
@@ -48,6 +50,20 @@ def register_secrets(values: Iterable[object]) -> None:
     for value in values:
         if value is not None:
             register_secret(value)
+
+
+def register_environment_secrets(environ: Mapping[str, str]) -> None:
+    """Mask the values of secret-looking variables (``*PASSWORD*``, ``*SECRET*``…) and passwords inside URLs."""
+    for name, value in environ.items():
+        if _SECRET_NAME.search(name):
+            register_secret(value)
+        if "://" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                continue
+            if password:
+                register_secret(password)
 
 
 def redact(text: str) -> str:
@@ -124,5 +140,14 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # librdkafka, boto and HTTP clients are chatty at INFO; their warnings still come through.
-    for noisy in ("botocore", "boto3", "urllib3", "httpx", "aio_pika", "aiormq", "pika", "PIL"):
+    for noisy in ("botocore", "boto3", "urllib3", "httpx", "aio_pika", "aiormq", "pika", "PIL", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Python warnings and the HF libraries' own stderr handlers would print plain lines among the JSON.
+    logging.captureWarnings(True)
+    for library in ("transformers", "diffusers"):
+        try:
+            hf_logging = __import__(f"{library}.utils.logging", fromlist=["logging"])
+        except ImportError:
+            continue
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()

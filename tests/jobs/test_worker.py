@@ -246,3 +246,19 @@ def _when_training(rig: Rig, task_id: str, action) -> callable:  # type: ignore[
                 return
             time.sleep(0.05)
     return body
+
+
+def test_train_afresh_when_stored_checkpoint_has_other_settings(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="loramill")
+    images = upload_images(rig.storage, "user-f")
+    task = new_task_id()
+    for name, data in (("lora.safetensors", b"x"), ("state.pt", b"x"),
+                       ("checkpoint.json", b'{"step": 3, "fingerprint": "made-by-another-config"}')):
+        rig.storage.put_bytes(f"checkpoints/{task}/step-000003/{name}", data)
+    rig.submit(selfix_job(task, "user-f", images, maxSteps=4))
+
+    assert rig.run_one() == "completed"
+
+    assert any("made with other settings" in r.getMessage() for r in caplog.records)
+    assert not any("resuming training" in r.getMessage() for r in caplog.records)
+    assert rig.store.get_lora(task).metrics["steps"] == 4  # type: ignore[union-attr]

@@ -27,16 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from loramill.jobs.settings import load_worker_settings
+    from loramill.logs import configure_logging, register_environment_secrets
+
+    # 1. Logging first, secrets registered with its redactor, before anything (alembic, librdkafka) logs
+    register_environment_secrets(os.environ)
+    overrides = dict(jobs=args.jobs, broker=args.broker, http_port=args.http_port, log_format=args.log_format)
+    early = load_worker_settings(**overrides)
+    configure_logging("DEBUG" if args.verbose else early.log_level, early.log_format)
+
     from loramill.config import load_config, open_broker, open_storage, open_store
     from loramill.jobs.health import HealthServer
     from loramill.jobs.worker import Worker
-    from loramill.logs import configure_logging
 
-    # 1. Settings (secrets registered with the redactor before the first log line)
-    config = load_config(jobs=args.jobs, broker=args.broker, http_port=args.http_port,
-                         log_format=args.log_format)
+    config = load_config(**overrides)
     settings = config.worker
-    configure_logging("DEBUG" if args.verbose else settings.log_level, settings.log_format)
 
     # 2. Store, storage, broker
     store = open_store(config)

@@ -161,6 +161,8 @@ class Worker:
             return FAILED, self.recorder.failed(job, exc)
         except Exception as exc:  # noqa: BLE001 - a bug must fail one job, not the worker
             log.exception("job failed with an unexpected error")
+            # The engine may have stopped half-way through changing the resident pipeline.
+            self.models.drop_all()
             error = LoramillError(f"internal error ({type(exc).__name__}); the worker log has the details "
                                   f"for task {job.task_id}")
             return FAILED, self.recorder.failed(job, error)

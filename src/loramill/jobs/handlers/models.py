@@ -89,6 +89,12 @@ class ResidentModels:
         self._loaded[model.path] = generator
         return generator
 
+    def drop_all(self) -> None:
+        """Forget every loaded model (after an unexpected error a pipeline may be in any state)."""
+        self._loaded.clear()
+        gc.collect()
+        _empty_cuda_cache()
+
     def pipeline_for_training(self, model: BaseModel) -> tuple[Any, str]:
         """The resident pipeline of ``model`` with no generation LoRAs attached, and its family name.
 

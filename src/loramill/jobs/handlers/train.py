@@ -8,11 +8,10 @@ generation job can use it as ``loras: [{"id": taskId}]``.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
 
 from loramill import metrics
 from loramill.adapters.storage.base import Storage
@@ -26,9 +25,6 @@ from loramill.jobs.handlers.context import JobContext
 from loramill.jobs.handlers.models import resolve_base_model
 from loramill.jobs.settings import WorkerSettings
 from loramill.jobs.status import JobStatus
-
-if TYPE_CHECKING:
-    from loramill.engine.training.run import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +63,14 @@ def handle_training(ctx: JobContext) -> JobEvent:
     for warning in report.warnings:
         log.warning("dataset: %s", warning)
 
-    # 4. Resume from the newest checkpoint in storage, if an earlier attempt left one
+    # 4. Resume from the newest checkpoint in storage, if an earlier attempt left one that fits
     with ctx.stage("fetch_checkpoint"):
         resumed = checkpoints.download_latest(ctx.storage, job.task_id, run_dir / "checkpoints", ctx.io)
+    if resumed is not None and not checkpoint_fits(config, family, run_dir / "checkpoints" / f"step-{resumed:06d}"):
+        # Written by a worker with other defaults (or for an edited job): resuming would not be exact.
+        log.warning("stored checkpoint of step %d was made with other settings; training from the start", resumed)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        resumed = None
     if resumed is not None:
         config.resume = "latest"
         ctx.info["resumedFromStep"] = resumed
@@ -80,8 +81,10 @@ def handle_training(ctx: JobContext) -> JobEvent:
     def on_checkpoint(folder: Path) -> None:
         checkpoints.upload_checkpoint(ctx.storage, job.task_id, folder, ctx.io, keep=CHECKPOINTS_KEPT)
 
+    from loramill.engine.training.run import train
+
     with ctx.stage("train"):
-        result = run_training(config, pipe, ctx, on_checkpoint)
+        result = train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
 
     # 6. Upload the LoRA and register it for generation jobs
     key = model_key(job.user_id, job.task_id)
@@ -101,22 +104,24 @@ def handle_training(ctx: JobContext) -> JobEvent:
                                     final_loss=result.metrics.get("finalLoss")))
 
 
-def run_training(config: TrainConfig, pipe: Any, ctx: JobContext, on_checkpoint: Callable[[Path], None]
-                 ) -> TrainResult:
-    """``train``, starting afresh when the stored checkpoint was made with other settings."""
-    from loramill.engine.training.run import train
+def checkpoint_fits(config: TrainConfig, family: str, folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` was made by a run with ``config``'s settings and data.
 
+    Checked before training (the engine checks too, but only after it has attached its adapter to
+    the resident pipeline; failing there would cost a model reload).
+    """
+    from loramill.engine.families import get_family
+    from loramill.engine.training.checkpoint import INFO_FILE
+    from loramill.engine.training.data import load_examples
+    from loramill.engine.training.run import dataset_hash, run_fingerprint
+
+    examples = load_examples(config.images, trigger=config.trigger, resolution=config.resolution,
+                             multiple=get_family(family).RESOLUTION_MULTIPLE)
     try:
-        return train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
-    except InvalidInput as exc:
-        if exc.code != "checkpoint_mismatch" or config.resume is None:
-            raise
-        # A worker with other defaults (or an edited job) wrote it; resuming would not be exact.
-        log.warning("stored checkpoint does not match this job's settings; training from the start")
-        shutil.rmtree(config.run_dir / "checkpoints", ignore_errors=True)
-        config.resume = None
-        ctx.info.pop("resumedFromStep", None)
-        return train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
+        stored = json.loads((folder / INFO_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return False
+    return bool(stored == run_fingerprint(config, family, dataset_hash(examples)))
 
 
 def train_config(job: TrainingJob, model_path: str, family: str, settings: WorkerSettings, dataset_dir: Path,

@@ -1,0 +1,93 @@
+"""Selfix's flow on RabbitMQ, end to end: a plain aio-pika client, S3, a real worker process."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.jobs.e2e_helpers import (
+    WorkerProcess,
+    amqp_drain,
+    amqp_publish,
+    put_user_images,
+    s3_client,
+    s3_keys,
+    worker_env,
+)
+from tests.jobs.worker_helpers import (
+    EventLog,
+    encode,
+    generation_job,
+    new_task_id,
+    raw_bytes_and_order,
+    selfix_job,
+)
+from tests.services.s3 import S3_TEST_SECRET_KEY
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def queues() -> dict[str, str]:
+    name = f"avatar-{uuid.uuid4().hex[:6]}"
+    return {"input": f"{name}.jobs", "output": f"{name}.results", "dead": f"{name}.jobs.dead"}
+
+
+@pytest.fixture(scope="module")
+def rabbit_worker(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, s3_env: dict[str, str],
+                  rabbitmq_url: str, queues: dict[str, str]) -> Iterator[WorkerProcess]:
+    home = tmp_path_factory.mktemp("worker-rabbitmq")
+    env = worker_env(home, tiny_sd15, s3_env, "rabbitmq", LORAMILL_RABBITMQ_URL=rabbitmq_url,
+                     LORAMILL_RABBITMQ_INPUT_QUEUE=queues["input"], LORAMILL_RABBITMQ_OUTPUT_QUEUE=queues["output"])
+    worker = WorkerProcess(env, home / "worker.log")
+    worker.wait_ready()
+    yield worker
+    assert worker.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def events(rabbit_worker: WorkerProcess, rabbitmq_url: str, queues: dict[str, str]) -> EventLog:
+    return EventLog(lambda wait: [body for body, _ in amqp_drain(rabbitmq_url, queues["output"], wait)])
+
+
+def test_train_selfix_job_on_rabbitmq_to_s3(rabbit_worker: WorkerProcess, events: EventLog, rabbitmq_url: str,
+                                            queues: dict[str, str], s3_endpoint: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    s3 = s3_client(s3_endpoint)
+    timings = []
+    for run in ("cold", "warm"):
+        task, user = new_task_id(), f"selfix-rabbit-{run}"
+        images = put_user_images(s3, user)
+        started = time.monotonic()
+        amqp_publish(rabbitmq_url, queues["input"], encode(selfix_job(task, user, images)))
+        done = events.wait_for(task, "completed", timeout=180)[0]
+        timings.append(time.monotonic() - started)
+
+        assert s3_keys(s3, done["modelPath"]) == [f"users/{user}/models/{task}.safetensors"]
+        body = next(b for b in events.raw if json.loads(b)["status"] == "completed"
+                    and json.loads(b)["taskId"] == task)
+        assert raw_bytes_and_order(body) == ["taskId", "userId", "status", "modelPath", "metrics"]
+    assert S3_TEST_SECRET_KEY not in rabbit_worker.log_path.read_text()
+    with capsys.disabled():
+        print(f"\n[e2e] Selfix flow on rabbitmq: {timings[0]:.1f}s cold (model load), {timings[1]:.1f}s warm, "
+              "publish to completed event (tiny SD 1.5)")
+
+
+def test_dead_letter_poison_message_on_rabbitmq_and_continue(events: EventLog, rabbitmq_url: str,
+                                                             queues: dict[str, str]) -> None:
+    amqp_publish(rabbitmq_url, queues["input"], b"<html>not a job</html>")
+    task = new_task_id()
+    amqp_publish(rabbitmq_url, queues["input"], encode(generation_job(task, "p2p-rabbit")))
+
+    done = events.wait_for(task, "completed", timeout=120)[0]
+
+    dead: list[tuple[bytes, dict[str, Any]]] = amqp_drain(rabbitmq_url, queues["dead"], 10)
+    assert [body for body, _ in dead] == [b"<html>not a job</html>"]
+    assert str(dead[0][1]["x-loramill-reason"]).startswith("invalid_json")
+    assert done["imagePaths"] == [f"users/p2p-rabbit/generations/{task}/0.png"]
