@@ -23,3 +23,9 @@ def test_txt2img_sends_png_to_chat(services: Services, worker: Any) -> None:
             assert photo.text == "a red fox in the snow"
 
     asyncio.run(scenario())
+    # Ann's Telegram account became a loramill user on first contact, and the job is hers.
+    ann = services.store.get_or_create_telegram_user(1001, "someone else")
+    assert ann.name == "Ann"
+    [job] = services.store.list_jobs(ann.id).items
+    assert job.kind == "generate" and job.status == "completed"
+    assert job.payload["prompt"] == "a red fox in the snow"

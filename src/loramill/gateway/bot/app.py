@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
+from aiogram.types import TelegramObject
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
@@ -34,6 +36,7 @@ from loramill.gateway.settings import GatewaySettings, load_gateway_settings
 from loramill.logs import register_secret
 
 logger = logging.getLogger("loramill.bot")
+SHUTDOWN_GRACE = 10.0  # seconds commands under way get to finish when the bot stops
 
 
 def build_bot(settings: BotSettings) -> Bot:
@@ -43,12 +46,36 @@ def build_bot(settings: BotSettings) -> Bot:
     return Bot(settings.token.get_secret_value(), session=session)
 
 
+class InFlight:
+    """Outer middleware remembering the updates being handled, so shutdown can let them finish."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+                       event: TelegramObject, data: dict[str, Any]) -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return await handler(event, data)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the updates under way (their replies need the session)."""
+        current = asyncio.current_task()
+        pending = [t for t in self.tasks if t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+
 def build_dispatcher(bot: Bot, svc: BotServices) -> Dispatcher:
     """The dispatcher with the commands and what they need (services, the /train photo collector)."""
     s = svc.settings
     albums = AlbumCollector(**train_callbacks(bot, svc), min_photos=s.album_min, max_photos=s.album_max,
                             wait=s.album_wait, ttl=s.train_session_ttl)
-    dispatcher = Dispatcher(svc=svc, albums=albums, hinted_groups=deque(maxlen=256))
+    in_flight = InFlight()
+    dispatcher = Dispatcher(svc=svc, albums=albums, hinted_groups=deque(maxlen=256), in_flight=in_flight)
+    dispatcher.update.outer_middleware(in_flight)
     dispatcher.include_router(build_router())
     return dispatcher
 
@@ -94,6 +121,8 @@ async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, brok
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Commands already taken get their answers before the session closes.
+        await dispatcher["in_flight"].wait(SHUTDOWN_GRACE)
         await dispatcher["albums"].drain()
         await bot.session.close()
         logger.info("Telegram bot stopped")
