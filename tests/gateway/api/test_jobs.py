@@ -176,3 +176,11 @@ def test_unknown_route_answers_error_body(api: Api) -> None:
     response = api.client.get("/v1/nothing", headers=api.auth("alice"))
 
     assert response.status_code == 404 and json.loads(response.text)["error"]["code"] == "not_found"
+
+
+def test_create_training_with_bad_option_stores_nothing(api: Api) -> None:
+    response = upload(api, configurationParams='{"learningRate": 5}')
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "configurationParams.learningRate"
+    assert api.storage.list("users/alice/") == [] and api.store.count_queued() == 0

@@ -68,7 +68,6 @@ class TrainingCreate(_Schema):
 
     images: list[str] = Field(min_length=1, description="storage keys under users/{yourUserId}/")
     configuration_params: TrainingConfig = Field(default_factory=TrainingConfig)
-    name: str | None = Field(default=None, max_length=256, description="a name for the resulting LoRA")
     priority: int = Field(default=0, ge=0, le=10)
 
 

@@ -74,15 +74,15 @@ class Gateway:
             if not self.storage.exists(key):
                 raise NotFound(f"imageKeys[{i}]: nothing is stored under {key!r}; upload the image instead",
                                field=f"imageKeys[{i}]")
-        # 3. Uploads go under users/{userId}/images/{taskId}/, named by content so a retry rewrites the same keys
-        for i, image in enumerate(images):
-            key = f"users/{who.user_id}/images/{task_id}/{i:03d}-{image.digest}.{image.extension}"
+        # 3. Uploads go under users/{userId}/images/{taskId}/, named by content so a retry names the same keys
+        uploads = {f"users/{who.user_id}/images/{task_id}/{i:03d}-{image.digest}.{image.extension}": image
+                   for i, image in enumerate(images)}
+        # 4. The job in Selfix's format, checked by the same parser the worker uses before anything is stored
+        job = parse_job({"taskId": task_id, "userId": who.user_id, "images": keys + list(uploads),
+                         "configurationParams": dict(options), "priority": priority})
+        for key, image in uploads.items():
             self.storage.put_bytes(key, image.data, image.content_type)
-            keys.append(key)
-        # 4. The job in Selfix's format, checked by the same parser the worker uses
-        payload = {"taskId": task_id, "userId": who.user_id, "images": keys,
-                   "configurationParams": dict(options), "priority": priority}
-        return self._queue(who, parse_job(payload), idempotency_key)
+        return self._queue(who, job, idempotency_key)
 
     def submit_generation(self, who: Principal, task_id: str, request: Mapping[str, Any], *,
                           idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
