@@ -191,7 +191,8 @@ def test_finish_job_longer_than_max_poll_interval_once(client: KafkaClient, s3: 
     took = time.monotonic() - started
     client.events.drain(MAX_POLL_INTERVAL_MS / 1000)  # a rebalance would redeliver within this
 
-    assert took > MAX_POLL_INTERVAL_MS / 1000
+    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{kafka_worker.http_port}/healthz", timeout=5).read())
+    assert took > MAX_POLL_INTERVAL_MS / 1000 and health["status"] == "ok"
     statuses = [e["status"] for e in client.events.events(task) if "progress" not in e]
     assert statuses == ["processing", "completed"]
     assert not [line for line in kafka_worker.lines() if "revoked" in line["message"]]

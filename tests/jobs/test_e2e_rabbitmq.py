@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,7 +49,7 @@ def rabbit_worker(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, s3_
     worker = WorkerProcess(env, home / "worker.log")
     worker.wait_ready()
     yield worker
-    assert worker.stop() == 0
+    assert worker.stop() == 0  # also when the SIGTERM test below stopped it already
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,26 @@ def test_dead_letter_poison_message_on_rabbitmq_and_continue(events: EventLog, r
     assert [body for body, _ in dead] == [b"<html>not a job</html>"]
     assert str(dead[0][1]["x-loramill-reason"]).startswith("invalid_json")
     assert done["imagePaths"] == [f"users/p2p-rabbit/generations/{task}/0.png"]
+
+
+def test_sigterm_checkpoints_running_training_and_hands_it_back(rabbit_worker: WorkerProcess, events: EventLog,
+                                                                rabbitmq_url: str, queues: dict[str, str],
+                                                                s3_endpoint: str) -> None:
+    s3 = s3_client(s3_endpoint)
+    task, user = new_task_id(), "selfix-rabbit-term"
+    amqp_publish(rabbitmq_url, queues["input"],
+                 encode(selfix_job(task, user, put_user_images(s3, user), maxSteps=5000, checkpointEverySteps=2)))
+    deadline = time.monotonic() + 120
+    while not any(k.endswith("checkpoint.json") for k in s3_keys(s3, f"checkpoints/{task}/")):
+        assert time.monotonic() < deadline, "no checkpoint reached storage"
+        time.sleep(0.05)
+
+    assert rabbit_worker.stop(signal.SIGTERM, timeout=60) == 0
+
+    lines = rabbit_worker.lines()
+    term = next(i for i, line in enumerate(lines) if line["message"] == "received SIGTERM")
+    assert any(line["message"].startswith("checkpoint step-") for line in lines[term:])  # saved on the way out
+    assert [line["taskId"] for line in lines[term:] if line["message"] == "job handed back to the queue"] == [task]
+    requeued = amqp_drain(rabbitmq_url, queues["input"], 5)
+    assert [json.loads(body)["taskId"] for body, _ in requeued] == [task]
+    assert not [e for e in events.events(task) if e["status"] in ("completed", "failed", "canceled")]

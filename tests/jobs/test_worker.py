@@ -262,3 +262,14 @@ def test_train_afresh_when_stored_checkpoint_has_other_settings(rig: Rig, caplog
     assert any("made with other settings" in r.getMessage() for r in caplog.records)
     assert not any("resuming training" in r.getMessage() for r in caplog.records)
     assert rig.store.get_lora(task).metrics["steps"] == 4  # type: ignore[union-attr]
+
+
+def test_hand_back_job_of_kind_this_worker_does_not_take(rig: Rig) -> None:
+    rig.worker.settings.jobs = "generate"
+    task = rig.submit(selfix_job(new_task_id(), "user-k", ["users/user-k/images/a.jpg"]))
+
+    assert rig.run_one() == "skipped"
+
+    assert rig.broker.queue_depth() == 1  # still there for a training worker
+    assert rig.store.get_job(task) is None  # nothing claimed, nothing published
+    assert rig.events.events(task) == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
@@ -21,6 +21,7 @@ from loramill.errors import Conflict, LoramillError, TransientError
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, Progress, TrainingJob
 from loramill.jobs.retry import RetryPolicy, retrying
 from loramill.jobs.status import JobStatus
+from loramill.logs import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,13 +134,6 @@ class JobRecorder:
         log.info("published %s event", event.status, extra={"status": str(event.status)})
 
     def failed(self, job: Job, error: LoramillError) -> JobEvent:
-        """The ``failed`` event for ``job`` and ``error``."""
+        """The ``failed`` event for ``job`` and ``error``; a secret in the message is masked (events are read widely)."""
         return JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.FAILED,
-                        error=ErrorInfo.from_exception(error))
-
-
-def event_summary(event: JobEvent) -> dict[str, Any]:
-    """The event as logged: no URLs (presigned links are credentials for a while)."""
-    data = event.to_dict()
-    data.pop("imageUrls", None)
-    return data
+                        error=ErrorInfo(code=error.code, message=redact(error.message)))
