@@ -20,8 +20,11 @@ def test_web_page_trains_and_generates_in_browser(live_service: LiveService, bro
         photos.append(tmp_path / f"photo-{i}.png")
         draw_subject(i).save(photos[-1])
 
-    # 1. The key, entered once, survives a reload
+    # 1. A wrong key is refused in words; the right one, entered once, survives a reload
     page.goto(live_service.url)
+    page.fill("#api-key", "lm_wrong_key")
+    page.click("#save-key")
+    page.wait_for_selector("#message.error:has-text('401')")
     page.fill("#api-key", live_service.api.keys["alice"])
     page.click("#save-key")
     page.wait_for_selector("#whoami:has-text('signed in as alice')")

@@ -53,7 +53,8 @@ async function follow(job, onEvent) {
       const current = await (await api(job.links.self)).json();
       if (TERMINAL.has(current.status)) return current;
     } catch (error) {
-      if (String(error.message).startsWith("404")) throw error;
+      // a refusal (bad key, unknown job) will not change by retrying; a dropped connection or a 5xx may
+      if (/^4\d\d/.test(error.message) && !error.message.startsWith("429")) throw error;
     }
     await sleep(1000);
   }
