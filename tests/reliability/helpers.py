@@ -126,6 +126,10 @@ class TcpFront:
         """Refuse new connections and cut the open ones (the server is gone)."""
         server, self._server = self._server, None
         if server is not None:
+            try:
+                server.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in the other thread
+            except OSError:
+                pass
             server.close()
         with self._lock:
             conns, self._conns = self._conns, []
