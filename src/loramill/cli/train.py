@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validation-every", type=int)
     p.add_argument("--format", choices=LORA_FORMATS, help="LoRA layout (default kohya)")
     p.add_argument("--augment-variants", type=int, help="augmented copies per image (flip, jitter, rotation)")
+    p.add_argument("--prepare", choices=["auto", "never"],
+                   help="auto (default): run the dataset step on a raw folder first; never: read it as it is")
+    p.add_argument("--subject", choices=["face", "object", "style"], help="subject mode for the dataset step")
+    p.add_argument("--class-word", help="class word for template captions (e.g. man, dog)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
