@@ -18,24 +18,26 @@ from loramill.engine.models.tokenizers import clip_tokenizer, t5_tokenizer
 from loramill.errors import InvalidInput
 
 
-def _clip_text_encoder(vocab_size: int, hidden: int, projection: bool = False):
+def _clip_text_encoder(vocab_size: int, hidden: int, projection: bool = False, layers: int = 2, heads: int = 2,
+                       mlp_ratio: int = 2):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        hidden_size=hidden, intermediate_size=hidden * 2, num_attention_heads=2, num_hidden_layers=2,
+        hidden_size=hidden, intermediate_size=hidden * mlp_ratio, num_attention_heads=heads, num_hidden_layers=layers,
         vocab_size=vocab_size, max_position_embeddings=77, projection_dim=hidden,
         bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def _vae(latent_channels: int = 4, flux: bool = False):
+def _vae(latent_channels: int = 4, flux: bool = False, channels: tuple[int, ...] = (8, 16, 16, 16),
+         layers_per_block: int = 1):
     from diffusers import AutoencoderKL
 
     # Four blocks give the real 8x spatial compression, so latent shapes match real models.
     kwargs = dict(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=1,
-        block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
+        in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=layers_per_block,
+        block_out_channels=channels, norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         sample_size=64,
     )
@@ -44,7 +46,13 @@ def _vae(latent_channels: int = 4, flux: bool = False):
     return AutoencoderKL(**kwargs)
 
 
-def build_sd15():
+# "larger": the same tiny UNet with a VAE and text encoder grown until they are a real share of a
+# training step, as in real SD 1.5 at 512 px (the per-step benchmark uses it; tests use the default).
+LARGER_VAE = dict(channels=(32, 64, 128, 128), layers_per_block=2)
+LARGER_TEXT = dict(hidden=128, layers=6, heads=4, mlp_ratio=4)
+
+
+def build_sd15(size: str = "default"):
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = clip_tokenizer()
@@ -53,13 +61,21 @@ def build_sd15():
         block_out_channels=(32, 64), norm_num_groups=16,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8,
+        # The UNet attends to the text encoder's hidden states, so it follows the encoder's width.
+        cross_attention_dim=LARGER_TEXT["hidden"] if size == "larger" else 32, attention_head_dim=8,
     )
     # The real SD 1.5 folder ships PNDM for inference; training reads the same config as DDPM.
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    if size == "larger":
+        vae = _vae(**LARGER_VAE)  # type: ignore[arg-type]
+        text = LARGER_TEXT
+        text_encoder = _clip_text_encoder(len(tokenizer), text["hidden"], layers=text["layers"], heads=text["heads"],
+                                          mlp_ratio=text["mlp_ratio"])
+    else:
+        vae, text_encoder = _vae(), _clip_text_encoder(len(tokenizer), 32)
     return StableDiffusionPipeline(
-        vae=_vae(), text_encoder=_clip_text_encoder(len(tokenizer), 32), tokenizer=tokenizer, unet=unet,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
@@ -113,20 +129,29 @@ def build_flux():
 
 
 BUILDERS: dict[str, Callable] = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}
+SIZES: dict[str, tuple[str, ...]] = {"default": ("sd15", "sdxl", "flux"), "larger": ("sd15",)}
 
 
-def write_tiny_model(family: str, out_dir: Path | str, seed: int = 0) -> Path:
-    """Build a tiny random model of ``family`` with ``seed`` and save it as a diffusers folder at ``out_dir``."""
+def write_tiny_model(family: str, out_dir: Path | str, seed: int = 0, size: str = "default") -> Path:
+    """Build a tiny random model of ``family`` with ``seed`` and save it as a diffusers folder at ``out_dir``.
+
+    ``size="larger"`` (SD 1.5 only) grows the VAE and text encoder, for benchmarks where their share of a
+    training step matters; the default models are unchanged by it.
+    """
     if family not in BUILDERS:
         raise InvalidInput(f"unknown model family {family!r}; choose one of: {', '.join(BUILDERS)}",
                            code="unknown_family", field="family")
+    if family not in SIZES.get(size, ()):
+        sizes = [name for name, families in SIZES.items() if family in families]
+        raise InvalidInput(f"size {size!r} is not available for {family}; choose one of: {', '.join(sizes)}",
+                           code="invalid_option", field="size")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not (out / "model_index.json").exists():
             raise InvalidInput(f"{out} exists and is not empty; give a new folder for the tiny model",
                                field="out_dir")
     torch.manual_seed(seed)
-    pipe = BUILDERS[family]()
+    pipe = BUILDERS[family](size=size) if size != "default" else BUILDERS[family]()
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
