@@ -14,6 +14,7 @@ from typing import Any
 from loramill.adapters.broker import Broker, make_broker
 from loramill.adapters.storage import Storage, StorageSettings, load_storage_settings, make_storage
 from loramill.adapters.store import JobStore, StoreSettings
+from loramill.errors import InvalidInput
 from loramill.jobs.settings import WorkerSettings, load_worker_settings
 from loramill.logs import register_environment_secrets, register_secret
 
@@ -50,10 +51,24 @@ def open_broker(config: Config, store: JobStore) -> Broker:
     if kind == "sql":
         return make_broker("sql", store_or_url=store, lease_seconds=config.worker.sql_lease_seconds)
     if kind == "kafka":
-        from loramill.adapters.broker.kafka_config import load_settings
+        from loramill.adapters.broker.kafka_config import load_settings as kafka_settings
 
-        settings = load_settings()
-        if settings.sasl_password is not None:
-            register_secret(settings.sasl_password)
-        return make_broker("kafka", settings=settings)
-    return make_broker(kind)
+        kafka = kafka_settings()
+        if kafka.sasl_password is not None:
+            register_secret(kafka.sasl_password)
+        _check_distinct("KAFKA_TOPIC_INPUT", kafka.topic_input, "KAFKA_TOPIC_OUTPUT", kafka.topic_output)
+        return make_broker("kafka", settings=kafka)
+    from loramill.adapters.broker.rabbitmq_config import load_settings as rabbitmq_settings
+
+    rabbitmq = rabbitmq_settings()
+    register_secret(rabbitmq.url)
+    _check_distinct("LORAMILL_RABBITMQ_INPUT_QUEUE", rabbitmq.input_queue, "LORAMILL_RABBITMQ_OUTPUT_QUEUE",
+                    rabbitmq.output_queue)
+    return make_broker("rabbitmq", settings=rabbitmq)
+
+
+def _check_distinct(name_in: str, value_in: str, name_out: str, value_out: str) -> None:
+    # A worker reading its own events would treat each as a malformed job.
+    if value_in == value_out:
+        raise InvalidInput(f"{name_in} and {name_out} are both {value_in!r}; jobs and results need separate "
+                           "topics / queues", code="invalid_setting", field=name_out)

@@ -273,3 +273,15 @@ def test_hand_back_job_of_kind_this_worker_does_not_take(rig: Rig) -> None:
     assert rig.broker.queue_depth() == 1  # still there for a training worker
     assert rig.store.get_job(task) is None  # nothing claimed, nothing published
     assert rig.events.events(task) == []
+
+
+def test_dead_letter_event_sent_as_job_without_answering_it(rig: Rig) -> None:
+    # Input and output crossed in the configuration: answering events with events would loop.
+    echoed = json.dumps({"taskId": "t-echo", "userId": "user-e", "status": "processing"}).encode()
+    rig.broker.publish_job(echoed, task_id="t-echo")
+
+    assert rig.run_one() == "dead_lettered"
+
+    rig.events.drain(0.5)
+    assert rig.events.events("t-echo") == []
+    assert "neither 'images'" in (rig.broker.dead_letters()[-1].reason or "")

@@ -13,7 +13,7 @@ from loramill.adapters.storage.base import Storage
 from tests.services.models import draw_subject
 
 # A few steps at 64 px: seconds on a loaded 2-core machine, still every stage of a real run.
-FAST_TRAINING = {"maxSteps": 6, "resolution": 64, "networkDim": 4, "learningRate": 8e-4, "checkpointEverySteps": 3}
+FAST_TRAINING = {"maxSteps": 4, "resolution": 64, "networkDim": 4, "learningRate": 8e-4, "checkpointEverySteps": 2}
 
 
 def new_task_id() -> str:

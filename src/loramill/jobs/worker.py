@@ -11,6 +11,7 @@ saved and uploaded, the job is handed back (``nack`` with requeue) and the proce
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -80,7 +81,11 @@ class Worker:
                 self._observe_queue_depth()
                 continue
             self.handled += 1
-            self.handle(delivery)
+            try:
+                self.handle(delivery)
+            except Exception:  # noqa: BLE001 - a bug in handling one message must not stop the worker
+                log.exception("handling a delivery failed unexpectedly; giving it back")
+                self._give_back(delivery)
         log.info("worker stopped after %d deliveries", self.handled)
 
     def handle(self, delivery: Delivery) -> str:
@@ -94,8 +99,7 @@ class Worker:
             # 2. Only the kinds this worker runs; another worker takes the rest
             if job.kind not in self.settings.job_kinds:
                 log.info("not a %s worker; handing the %s job back", self.settings.jobs, job.kind)
-                self.shutdown.wait(self.settings.handback_seconds)
-                self.broker.nack(delivery, requeue=True)
+                self._give_back(delivery)
                 return SKIPPED
             started = time.monotonic()
             metrics.IN_PROGRESS.labels(kind=job.kind).inc()
@@ -134,9 +138,10 @@ class Worker:
                 self._clean_up(ctx, final)
                 return final
             except TransientError as exc:
-                # The store or the broker stayed down through every retry: leave the delivery
-                # unsettled; it comes back (lease, rebalance, reconnect) once they are up again.
-                log.error("job left for redelivery: %s", exc.message)
+                # The store or the broker stayed down through every retry: give the job back; if
+                # even that fails, the broker redelivers it on its own (lease, rebalance, reconnect).
+                log.error("job handed back after an outage: %s", exc.message)
+                self._give_back(delivery)
                 return HANDED_BACK
             finally:
                 self.current_task = None
@@ -167,6 +172,14 @@ class Worker:
                                   f"for task {job.task_id}")
             return FAILED, self.recorder.failed(job, error)
 
+    def _give_back(self, delivery: Delivery) -> None:
+        """Return ``delivery`` to the queue after a pause (so a hot loop cannot spin); never raises."""
+        self.shutdown.wait(self.settings.handback_seconds)
+        try:
+            self.broker.nack(delivery, requeue=True)
+        except LoramillError as exc:
+            log.error("could not hand the delivery back (%s); the broker will redeliver it", exc.message)
+
     def _republish(self, delivery: Delivery, kind: str, task_id: str) -> str:
         """A delivery of a finished job: publish its stored outcome again, run nothing."""
         record = self.recorder.io("store.get_job", lambda: self.store.get_job(task_id))
@@ -180,7 +193,9 @@ class Worker:
     def _dead_letter(self, delivery: Delivery, error: LoramillError) -> str:
         """Set a message that is not a runnable job aside, with the reason; answer it if it names a task."""
         reason = f"{error.code}: {error.message}"
-        event = failed_event_for(delivery.body, error)
+        # An event (input and output crossed in the configuration) must not be answered with
+        # another event: that would loop, and would fail the job it reports on.
+        event = None if _is_event(delivery.body) else failed_event_for(delivery.body, error)
         with task_context(event.task_id if event else None):
             log.warning("message dead-lettered: %s", reason, extra={"code": error.code})
             try:
@@ -234,3 +249,12 @@ class Worker:
             return
         if depth is not None:
             metrics.QUEUE_DEPTH.labels(broker=self.broker.name).set(depth)
+
+
+def _is_event(body: bytes) -> bool:
+    """Whether ``body`` is a status event (a JSON object with ``status``) rather than a job."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "status" in data and "taskId" in data
