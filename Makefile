@@ -41,5 +41,33 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy src/loramill
 
+# make bench [REFERENCE_SCRIPT=/path/to/train_dreambooth_lora.py] [BENCH=training,loras,...] [BENCH_ARGS=--quick]
+# Not part of `make test`. The training comparisons need diffusers' example script, which is never
+# committed here; it imports torchvision, which does not load beside the local torch 2.13 wheel, so both
+# sides of those comparisons run in bench/.venv-ref (torch 2.14.1 + torchvision 0.29.1 from this disk's
+# wheels, ~6 GB, git-ignored). One intra-op thread per process: the cores are shared, and OpenMP's
+# spinning barriers made two-thread runs 10-20x slower and erratic whenever anything else ran.
+REFERENCE_SCRIPT ?=
+BENCH ?= all
+BENCH_ARGS ?=
+BENCH_THREADS ?= 1
+REF_VENV := bench/.venv-ref
+bench: $(STAMP)
+	@if [ -n "$(REFERENCE_SCRIPT)" ]; then \
+	  test -f "$(REFERENCE_SCRIPT)" || { echo "REFERENCE_SCRIPT=$(REFERENCE_SCRIPT): no such file"; exit 1; }; \
+	  if [ ! -f $(REF_VENV)/.installed ] || [ pyproject.toml -nt $(REF_VENV)/.installed ]; then \
+	    echo "building $(REF_VENV) (torch 2.14.1 + torchvision 0.29.1, ~6 GB, once)"; \
+	    test -x $(REF_VENV)/bin/python || python3 -m venv $(REF_VENV); \
+	    $(REF_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true; \
+	    $(REF_VENV)/bin/python -m pip install -q --disable-pip-version-check -e . accelerate ftfy tensorboard Jinja2 2>&1 | grep -v "is ignored" || true; \
+	    $(REF_VENV)/bin/python -c "import torch, torchvision, diffusers, accelerate, loramill" || { echo "$(REF_VENV) install failed"; exit 1; }; \
+	    touch $(REF_VENV)/.installed; \
+	  fi; \
+	else \
+	  echo "REFERENCE_SCRIPT not given: the training comparisons are skipped (make bench REFERENCE_SCRIPT=/path/to/examples/dreambooth/train_dreambooth_lora.py)"; \
+	fi
+	OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench.run --only $(BENCH) $(BENCH_ARGS) \
+	  $(if $(REFERENCE_SCRIPT),--reference-script "$(abspath $(REFERENCE_SCRIPT))" --reference-python $(REF_VENV)/bin/python)
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -51,7 +51,8 @@ def test_apply_level_rounds_steps_up_and_sides_down_to_multiple() -> None:
     assert apply_level(25, 512, 512, DEFAULT_LEVELS[1]) == (15, 512, 512)
     assert apply_level(1, 512, 512, DEFAULT_LEVELS[2]) == (1, 512, 512)
     assert apply_level(20, 512, 768, DEFAULT_LEVELS[3], multiple=64) == (8, 384, 576)
-    assert apply_level(20, 64, 64, QualityLevel("tiny", 0.5, 0.1), multiple=8) == (10, 8, 8)
+    assert apply_level(20, 64, 64, QualityLevel("tiny", 0.5, 0.1), multiple=8, min_side=8) == (10, 8, 8)
+    assert apply_level(20, 128, 64, DEFAULT_LEVELS[3]) == (8, 96, 64)  # never below the 64 px a request allows
 
 
 def test_quality_level_rejects_factors_outside_unit_interval() -> None:
@@ -75,8 +76,8 @@ class _Request:
 def test_degrade_request_fills_model_defaults_and_leaves_full_alone() -> None:
     request = _Request("a dog")
     assert degrade_request(request, FULL, default_steps=20, default_size=64) is request
-    degraded = degrade_request(request, DEFAULT_LEVELS[3], default_steps=20, default_size=64)
-    assert (degraded.steps, degraded.width, degraded.height) == (8, 48, 48)
+    degraded = degrade_request(request, DEFAULT_LEVELS[3], default_steps=20, default_size=128)
+    assert (degraded.steps, degraded.width, degraded.height) == (8, 96, 96)
     assert request.steps is None
 
 

@@ -66,14 +66,16 @@ def choose_level(wait_seconds: float, seconds_per_job: float, target_seconds: fl
     return ordered[-1]
 
 
-def apply_level(steps: int, width: int, height: int, level: QualityLevel, multiple: int = 8) -> tuple[int, int, int]:
-    """The (steps, width, height) a job gets at ``level``: at least 1 step, sides rounded down to ``multiple``."""
+def apply_level(steps: int, width: int, height: int, level: QualityLevel, multiple: int = 8,
+                min_side: int = 64) -> tuple[int, int, int]:
+    """The (steps, width, height) a job gets at ``level``: at least 1 step, sides rounded down to ``multiple``
+    and never below ``min_side`` (the smallest image a request may ask for) nor above what was asked."""
     new_steps = max(1, math.ceil(steps * level.steps_factor - 1e-9))
     if level.resolution_factor >= 1:
         return new_steps, width, height
 
     def side(value: int) -> int:
-        return max(multiple, int(value * level.resolution_factor) // multiple * multiple)
+        return min(value, max(min_side, multiple, int(value * level.resolution_factor) // multiple * multiple))
 
     return new_steps, side(width), side(height)
 
