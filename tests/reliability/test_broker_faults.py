@@ -128,6 +128,7 @@ def test_complete_each_job_once_across_rabbitmq_restart(tmp_path: Path, rabbitmq
 # -- the Kafka-protocol broker restarted (S3 storage) in the middle of 200 jobs ----------------------------
 
 
+@pytest.mark.soak  # ~1 min: the group rejoins after the restart; tests/adapters/broker has a quick restart case
 def test_complete_each_job_once_across_kafka_restart(tmp_path: Path, tansu_factory: Callable[..., TansuBroker],
                                                      tansu_s3_storage: tuple[str, dict[str, str]],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
