@@ -295,3 +295,21 @@ def _task_id(body: bytes) -> str | None:
     except ValueError:
         return None
     return data.get("taskId") if isinstance(data, dict) else None
+
+
+def test_failed_event_names_client_key_not_worker_path(rig: tuple[Worker, SqlBroker, Path]) -> None:
+    # The client sent storage keys; the answer must name those, not the worker's scratch files
+    # (which also tell a stranger the worker's directory layout).
+    worker, broker, home = rig
+    key = f"users/{USER}/images/path-leak/notes.jpg"
+    worker.storage.put_bytes(key, b"not a picture at all\n" * 20)
+    task = str(uuid.uuid4())
+    broker.publish_job(_train(task, [key]), task_id=task)
+    delivery = broker.receive(5)
+    assert delivery is not None and worker.handle(delivery) == "failed"
+
+    [failed] = [e for e in (json.loads(b) for b in broker.consume_events(1))
+                if e["taskId"] == task and e["status"] == "failed"]
+    message = failed["error"]["message"]
+    assert key in message and "not_an_image" in message
+    assert str(home) not in message and "/jobs/" not in message
