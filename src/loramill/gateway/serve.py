@@ -138,7 +138,10 @@ def serve(settings: GatewaySettings, config: Config | None = None) -> None:
 
     # 4. The API until a signal; then everything else, in order
     server = uvicorn.Server(uvicorn.Config(create_app(settings, store, storage, broker), host=settings.host,
-                                           port=settings.port, log_config=None, access_log=False))
+                                           port=settings.port, log_config=None, access_log=False,
+                                           # open event streams would hold shutdown forever; clients resume
+                                           # them elsewhere with Last-Event-ID
+                                           timeout_graceful_shutdown=settings.shutdown_grace_seconds))
     _keep_signals_for_cleanup()
     try:
         server.run()

@@ -42,6 +42,9 @@ class GatewaySettings(BaseSettings):
 
     # loramill serve
     workers: int = Field(default=1, ge=0, le=64, description="worker threads `loramill serve` starts (0: API only)")
+    shutdown_grace_seconds: int = Field(default=5, ge=0, le=600,
+                                        description="on SIGTERM, how long open requests (event streams) may "
+                                        "finish before they are closed")
 
 
 def load_gateway_settings(**overrides: object) -> GatewaySettings:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +94,18 @@ def test_serve_runs_on_postgres_kafka_and_s3_by_configuration(tmp_path: Path, po
         upload = client.post("/v1/trainings", files=[("images", ("a.png", b"", "image/png"))])
         job = client.post("/v1/generations", json={"prompt": "on kafka"}).json()
         published = read_topic(kafka_bootstrap, topic, 1)
+        # a client following the queued job's events must not hold the shutdown (no worker runs it)
+        def follow() -> None:
+            try:
+                with client.stream("GET", job["links"]["events"], timeout=60) as stream:
+                    for _ in stream.iter_lines():
+                        pass
+            except httpx.HTTPError:
+                pass  # the server closing the stream at shutdown is the point
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        time.sleep(0.5)
     finally:
         service.send_signal(signal.SIGTERM)
         code = service.wait(timeout=60)
