@@ -184,3 +184,15 @@ def test_create_training_with_bad_option_stores_nothing(api: Api) -> None:
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "configurationParams.learningRate"
     assert api.storage.list("users/alice/") == [] and api.store.count_queued() == 0
+
+
+def test_post_with_reused_idempotency_key_and_other_body_conflicts(api: Api) -> None:
+    headers = api.auth("alice") | {"Idempotency-Key": "req-7"}
+    api.client.post("/v1/generations", json={"prompt": "a cat"}, headers=headers)
+
+    response = api.client.post("/v1/generations", json={"prompt": "a dog"}, headers=headers)
+    bob = api.client.post("/v1/generations", json={"prompt": "a dog"},
+                          headers=api.auth("bob") | {"Idempotency-Key": "req-7"})
+
+    assert response.status_code == 409
+    assert bob.status_code == 202  # keys are per user: bob's req-7 is his own
