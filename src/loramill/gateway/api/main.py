@@ -7,6 +7,9 @@ hand them in, so the same routes run everywhere.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import FastAPI
 
 from loramill import __version__
@@ -50,4 +53,24 @@ def create_app(settings: GatewaySettings, store: JobStore, storage: Storage, bro
     from loramill.gateway.web import mount_web
 
     mount_web(app)
+    _name_generated_schemas(app)
     return app
+
+
+# FastAPI names the model of a multipart body after the function; clients generated from the
+# document deserve a name that says what it is.
+_RENAMES = {"Body_create_training_v1_trainings_post": "TrainingUpload"}
+
+
+def _name_generated_schemas(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            text = json.dumps(generate())
+            for old, new in _RENAMES.items():
+                text = text.replace(old, new)  # the generated names are unique words
+            app.openapi_schema = json.loads(text)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
