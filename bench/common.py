@@ -38,6 +38,7 @@ class Result:
     command: str
     details: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    benchmark: str = ""  # the bench module that produced it (a re-run replaces all of that module's lines)
 
 
 def speedup(baseline: float | None, ours: float | None) -> float | None:
@@ -131,7 +132,8 @@ def save_results(results: list[Result], meta: dict[str, Any]) -> None:
             existing = json.loads(RESULTS.read_text())
         except ValueError:
             existing = {}
-    by_name = {r["name"]: r for r in existing.get("results", [])}
+    rerun = {r.benchmark for r in results}
+    by_name = {r["name"]: r for r in existing.get("results", []) if r.get("benchmark") not in rerun}
     for r in results:
         by_name[r.name] = {**asdict(r), "date": meta["date"]}
     RESULTS.write_text(json.dumps({"machine": meta, "results": list(by_name.values())}, indent=2) + "\n")

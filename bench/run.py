@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             got = [Result(f"{name} (failed)", "-", None, None, None, "-", False, f"make bench BENCH={name}",
                           note=f"{type(exc).__name__}: {str(exc)[:300]}")]
         for r in got:
+            r.benchmark = name
             r.details.setdefault("benchmark_seconds", round(time.perf_counter() - started, 1))
         results.extend(got)
         print(f"   {name} took {time.perf_counter() - started:.0f}s", flush=True)

@@ -86,8 +86,16 @@ def test_load_policy_learns_full_quality_seconds_from_degraded_jobs() -> None:
     policy.observe(0.6, DEFAULT_LEVELS[1])  # 0.6 s at cost 0.6 → 1 s at full quality
     assert policy.seconds_per_job == pytest.approx(1.0)
     assert policy.level_for(0) == FULL
-    assert policy.level_for(3).name == "full"
+    assert policy.level_for(3).name == "full"  # 4 jobs × 1 s ≤ 5 s
     assert policy.level_for(20).name == "fastest"
+
+
+def test_load_policy_uses_measured_time_of_a_level_over_the_cost_model() -> None:
+    policy = LoadPolicy(target_seconds=10.0, initial_seconds=1.0, smoothing=1.0)
+    assert policy.level_for(15).name == "fast"  # model: 16 × 0.6 s = 9.6 s
+    policy.observe(0.9, DEFAULT_LEVELS[1])  # fixed costs: "fast" really takes 0.9 s
+    assert policy.seconds_at(DEFAULT_LEVELS[1]) == pytest.approx(0.9)
+    assert policy.level_for(15).name == "faster"
 
 
 def test_load_policy_without_target_is_off() -> None:

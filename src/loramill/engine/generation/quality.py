@@ -91,10 +91,12 @@ def degrade_request(request: Any, level: QualityLevel, *, default_steps: int, de
 
 
 class LoadPolicy:
-    """The worker's side: learns seconds per full-quality job, and picks a level from the queue depth.
+    """The worker's side: learns how long jobs take at each level, and picks a level from the queue depth.
 
     ``target_seconds``: the latency a generation job should meet (``LORAMILL_GENERATION_TARGET_SECONDS``);
-    ``None`` turns the policy off (always full quality).
+    ``None`` turns the policy off (always full quality). Until a level has been seen, its time is the
+    full-quality time × its ``cost``; once seen, the measured average is used (a job's fixed costs —
+    prompt encoding, VAE decode, upload — do not shrink with the steps, so the cost model is optimistic).
     """
 
     def __init__(self, target_seconds: float | None, *, workers: int = 1,
@@ -102,18 +104,33 @@ class LoadPolicy:
                  smoothing: float = 0.3) -> None:
         self.target_seconds = target_seconds
         self.workers = workers
-        self.levels = levels
-        self.seconds_per_job = initial_seconds
+        self.levels = tuple(sorted(levels, key=lambda level: -level.cost))
+        self.seconds_per_job = initial_seconds  # at full quality
         self.smoothing = smoothing
+        self._seen: dict[str, float] = {}
+
+    def seconds_at(self, level: QualityLevel) -> float:
+        """Expected seconds of one job at ``level``."""
+        return self._seen.get(level.name, self.seconds_per_job * level.cost)
 
     def level_for(self, jobs_ahead: int) -> QualityLevel:
-        """The level for a job that starts now with ``jobs_ahead`` others still queued behind the broker."""
-        wait = expected_wait(jobs_ahead, self.seconds_per_job, self.workers)
-        return choose_level(wait, self.seconds_per_job, self.target_seconds, self.levels)
+        """The level for a job that starts now with ``jobs_ahead`` others still queued behind it.
+
+        The best level at which this job and those behind it, all at that level, finish within the target.
+        """
+        if self.target_seconds is None or jobs_ahead <= 0:
+            return self.levels[0]
+        for level in self.levels:
+            if (jobs_ahead + 1) * self.seconds_at(level) / max(1, self.workers) <= self.target_seconds:
+                return level
+        return self.levels[-1]
 
     def observe(self, seconds: float, level: QualityLevel) -> None:
-        """Record how long a job at ``level`` took, as the equivalent full-quality time (moving average)."""
+        """Record how long a job at ``level`` took (moving averages per level and of full quality)."""
         if seconds <= 0:
             return
-        full = seconds / level.cost
-        self.seconds_per_job += self.smoothing * (full - self.seconds_per_job)
+        seen = self._seen.get(level.name)
+        self._seen[level.name] = seconds if seen is None else seen + self.smoothing * (seconds - seen)
+        if level.cost >= 1 or seen is None:  # later degraded runs say little about full quality
+            full = seconds / level.cost
+            self.seconds_per_job += self.smoothing * (full - self.seconds_per_job)
