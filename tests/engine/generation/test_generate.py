@@ -97,3 +97,11 @@ def test_generate_unknown_tag_lists_available(tiny_models, trained):
     gen = Generator(str(tiny_models["sd15"]))
     with pytest.raises(InvalidInput, match="available: .*style"):
         gen.generate(GenerateRequest("<lora:nothere> x", lora_dir=trained["dir"], width=64, height=64, steps=2))
+
+
+def test_generate_progress_never_exceeds_total(tiny_models):
+    reports = []
+    gen = Generator(str(tiny_models["sd15"]))  # PNDM: runs one timestep more than asked for
+    gen.generate(GenerateRequest("a cat", width=64, height=64, steps=2), progress=reports.append)
+    assert reports and all(r.step <= r.total for r in reports)
+    assert reports[-1].step == reports[-1].total

@@ -108,7 +108,9 @@ class Generator:
         generators = [torch.Generator().manual_seed(request.seed + i) for i in range(request.num_images)]
 
         def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            progress(Progress("generate", i + 1, steps))
+            # Some schedulers run more timesteps than asked (PNDM adds one): report the real count.
+            total = max(int(getattr(pipe, "num_timesteps", steps) or steps), i + 1)
+            progress(Progress("generate", i + 1, total))
             return {}
 
         if family is not None:
