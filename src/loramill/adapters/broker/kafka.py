@@ -235,7 +235,13 @@ class KafkaBroker(Broker):
             NewTopic(name, num_partitions=s.topic_partitions, replication_factor=s.topic_replication_factor)
             for name in dict.fromkeys([s.topic_input, s.topic_output, s.dead_letter])
         ]
-        for name, future in admin.create_topics(topics, request_timeout=s.publish_timeout_seconds).items():
+        futures = admin.create_topics(topics, request_timeout=s.publish_timeout_seconds)
+        # Poll while waiting: librdkafka hands its log lines (a failed SASL handshake, a refused
+        # connection) to the logger only from poll(), and without them a bad setting reads as "Timed out".
+        deadline = time.monotonic() + s.publish_timeout_seconds + 5
+        while not all(f.done() for f in futures.values()) and time.monotonic() < deadline:
+            admin.poll(0.2)
+        for name, future in futures.items():
             try:
                 future.result()
             except KafkaException as exc:
