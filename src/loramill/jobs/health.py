@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from loramill import metrics
+from loramill.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,12 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
                 pass  # probes every few seconds would drown the job logs
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise InvalidInput(f"LORAMILL_WORKER_HTTP_PORT={port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                               "pick a free port or 0 to turn the health port off", code="invalid_setting",
+                               field="LORAMILL_WORKER_HTTP_PORT") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="loramill-health", daemon=True)
 
@@ -62,5 +68,6 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever() that must have started
+            self._server.shutdown()
         self._server.server_close()
