@@ -285,3 +285,20 @@ def test_dead_letter_event_sent_as_job_without_answering_it(rig: Rig) -> None:
     rig.events.drain(0.5)
     assert rig.events.events("t-echo") == []
     assert "neither 'images'" in (rig.broker.dead_letters()[-1].reason or "")
+
+
+def test_render_cheaper_images_while_queue_is_long(rig: Rig) -> None:
+    from loramill.engine.generation.quality import LoadPolicy
+
+    rig.worker.load_policy = LoadPolicy(target_seconds=0.001)  # every queued job would be late
+    first, second = new_task_id(), new_task_id()
+    rig.submit(generation_job(first, "p2p", steps=5))
+    rig.submit(generation_job(second, "p2p", steps=5))
+
+    assert [rig.run_one(), rig.run_one()] == ["completed", "completed"]
+
+    rushed = rig.events.wait_for(first, "completed")[0]
+    calm = rig.events.wait_for(second, "completed")[0]
+    assert rushed["metrics"]["quality"] != "full" and calm["metrics"]["quality"] == "full"
+    assert b"Steps: 2," in rig.storage.get_bytes(rushed["imagePaths"][0])  # 40 % of the 5 asked for
+    assert b"Steps: 5," in rig.storage.get_bytes(calm["imagePaths"][0])

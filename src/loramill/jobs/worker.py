@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loramill import metrics
 from loramill.adapters.broker.base import Broker, Delivery
@@ -32,6 +33,9 @@ from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
 from loramill.jobs.status import JobStatus
 from loramill.logs import task_context
+
+if TYPE_CHECKING:
+    from loramill.engine.generation.quality import LoadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,11 @@ class Worker:
         self.models = models or ResidentModels(lora_cache_size=settings.lora_cache_size)
         self.shutdown = threading.Event()
         self.recorder = JobRecorder(store, broker, storage, settings.retry_policy, self.shutdown.is_set)
+        self.load_policy: LoadPolicy | None = None
+        if settings.generation_target_seconds is not None:
+            from loramill.engine.generation.quality import LoadPolicy
+
+            self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=settings.workers)
         self.current_task: str | None = None
         self.handled = 0
         self._depth_checked = 0.0
@@ -117,7 +126,7 @@ class Worker:
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
                                  models=self.models, recorder=self.recorder, scratch=self._scratch(job.task_id),
-                                 shutdown=self.shutdown)
+                                 shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead)
                 outcome, event = self._run(ctx)
                 if outcome == HANDED_BACK:
                     # 5a. Stopped by shutdown or an outage: the checkpoint is in storage, the job goes back
@@ -236,6 +245,17 @@ class Worker:
         shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's leftovers; its checkpoint is in storage
         folder.mkdir(parents=True)
         return folder
+
+    def _jobs_ahead(self) -> int:
+        """Jobs waiting in the queue now (0 where the broker cannot tell or does not answer)."""
+        try:
+            depth = self.broker.queue_depth()
+        except LoramillError as exc:
+            log.debug("queue depth unavailable: %s", exc.message)
+            return 0
+        if depth is not None:
+            metrics.QUEUE_DEPTH.labels(broker=self.broker.name).set(depth)
+        return depth or 0
 
     def _observe_queue_depth(self) -> None:
         now = time.monotonic()

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 from loramill import metrics
-from loramill.engine.generation.generate import GenerateRequest
+from loramill.engine.families import get_family
+from loramill.engine.generation.generate import DEFAULT_SIZE, GenerateRequest
 from loramill.engine.generation.loras import LoraSpec
 from loramill.engine.generation.png import save_png
+from loramill.engine.generation.quality import degrade_request
 from loramill.errors import InvalidInput, NotFound
 from loramill.jobs.contracts import GenerationJob, JobEvent, Metrics
 from loramill.jobs.handlers.context import JobContext
@@ -46,17 +48,31 @@ def handle_generation(ctx: JobContext) -> JobEvent:
         loras = [LoraSpec(fetch_lora(ctx, ref.id, i, generator.family_name), ref.weight)
                  for i, ref in enumerate(job.loras)]
 
-    # 3. Generate
+    # 3. Quality by load: with a queue behind it, a job gets fewer steps (then fewer pixels) to stay on time
     request = GenerateRequest(prompt=job.prompt, negative_prompt=job.negative_prompt, loras=loras, steps=job.steps,
                               guidance=job.guidance_scale, width=job.width, height=job.height, seed=job.seed or 0,
                               num_images=job.num_images)
+    level = None
+    if ctx.load_policy is not None and generator.family_name is not None:
+        family = get_family(generator.family_name)
+        level = ctx.load_policy.level_for(ctx.jobs_ahead())
+        request = degrade_request(request, level, default_steps=family.DEFAULT_STEPS,
+                                  default_size=DEFAULT_SIZE[generator.family_name],
+                                  multiple=family.RESOLUTION_MULTIPLE)
+        if level.cost < 1:
+            log.info("queue is long: rendering at quality %r (%s steps, %sx%s)", level.name, request.steps,
+                     request.width, request.height, extra={"quality": level.name})
+
+    # 4. Generate
     started = time.monotonic()
     with ctx.stage("generate"):
         images = generator.generate(request, progress=ctx.progress)
     elapsed = time.monotonic() - started
     metrics.GENERATION_SECONDS.observe(elapsed)
+    if ctx.load_policy is not None and level is not None:
+        ctx.load_policy.observe(elapsed, level)
 
-    # 4. Upload each PNG (with its A1111 parameters) and sign a link to it
+    # 5. Upload each PNG (with its A1111 parameters) and sign a link to it
     paths, urls = [], []
     with ctx.stage("upload"):
         for n, image in enumerate(images):
@@ -69,9 +85,11 @@ def handle_generation(ctx: JobContext) -> JobEvent:
                 urls.append(url)
     log.info("%d image(s) stored in %.2fs", len(paths), elapsed, extra={"images": len(paths)})
 
+    measured: dict[str, object] = {"generationTime": round(elapsed, 3)}
+    if level is not None:
+        measured["quality"] = level.name  # the client can tell a degraded image from a full one
     return JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.COMPLETED, image_paths=paths,
-                    image_urls=urls or None,
-                    metrics=Metrics.model_validate({"generationTime": round(elapsed, 3)}))
+                    image_urls=urls or None, metrics=Metrics.model_validate(measured))
 
 
 def fetch_lora(ctx: JobContext, lora_id: str, index: int, family: str | None) -> Path:
