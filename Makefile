@@ -35,7 +35,7 @@ test: $(STAMP) services
 
 # long fault, soak and load runs of tests/reliability (issue 7); figures land in docs/reliability.md
 soak: $(STAMP) services
-	OMP_NUM_THREADS=$(TORCH_THREADS) LORAMILL_REQUIRE_SERVICES=1 LORAMILL_SOAK=1 $(PY) -m pytest tests/reliability -m soak $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) LORAMILL_REQUIRE_SERVICES=1 LORAMILL_SOAK=1 LORAMILL_RECORD_FIGURES=1 $(PY) -m pytest tests/reliability -m soak $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

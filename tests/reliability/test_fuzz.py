@@ -62,7 +62,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, SqlB
 def fuzz_worker(rig: tuple[Worker, SqlBroker], cases: int) -> dict[str, Any]:
     worker, broker = rig
     outcomes: Counter[str] = Counter()
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, str]] = {}  # taskId -> (userId, kind) of the job that claimed it
 
     @settings(max_examples=cases, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(_messages)
@@ -79,8 +79,11 @@ def fuzz_worker(rig: tuple[Worker, SqlBroker], cases: int) -> dict[str, Any]:
         assert outcome in OUTCOMES, outcome
         assert broker.queue_depth() == 0  # settled: acked or dead-lettered, never left hanging
         if job is not None:
-            assert outcome == ("duplicate" if job.task_id in seen else "completed")
-            seen.add(job.task_id)
+            owner = seen.setdefault(job.task_id, (job.user_id, job.kind))
+            if owner != (job.user_id, job.kind):
+                assert outcome == "dead_lettered"  # another job reusing a taken taskId: Conflict
+            else:
+                assert outcome in ("completed", "duplicate")
         else:
             assert outcome == "dead_lettered"
         broker.consume_events(0)
@@ -115,19 +118,21 @@ def test_fuzz_api_with_schemathesis_soak(tmp_path: Path) -> None:
     semantic = {"POST /v1/trainings", "POST /v1/generations", "PUT /v1/jobs/{job_id}", "GET /v1/jobs"}
     counts: Counter[str] = Counter()
     failures: list[str] = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        name = f"{operation.method.upper()} {operation.path}"
-
+    def runner(operation: Any, name: str) -> Any:
         @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())
-        def run(case: schemathesis.Case, name: str = name) -> None:
+        def run(case: schemathesis.Case) -> None:
             counts[name] += 1
             case.call_and_validate(headers={"Authorization": f"Bearer {api.keys['alice']}"},
                                    excluded_checks=[positive_data_acceptance] if name in semantic else None)
 
+        return run
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        name = f"{operation.method.upper()} {operation.path}"
         try:
-            run()
+            runner(operation, name)()
         except Exception as exc:  # noqa: BLE001 - collect every operation's failure, then fail once
             failures.append(f"{name}: {str(exc)[:500]}")
     api.broker.close()
