@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     # 3. SIGTERM / SIGINT: stop taking jobs, checkpoint and hand back the running one, exit
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
+        if worker.shutdown.is_set():
+            # A second signal: the operator will not wait for the checkpoint. The job is not acked,
+            # so the broker delivers it again and it resumes from its last stored checkpoint.
+            raise KeyboardInterrupt
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
