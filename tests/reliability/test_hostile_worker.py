@@ -210,6 +210,9 @@ def hostile_cases(files: dict[str, str], loras: dict[str, str], good_images: lis
         cases.append(Case(kind, _gen(t(), loras=[{"id": loras[kind]}]), f"failed:{code}", says))
     cases.append(Case("another user's LoRA id", _gen(t(), loras=[{"id": "alices-lora"}]), "failed:not_found",
                       "loras[0].id"))
+    # A1111 prompt tags resolve only against a CLI --lora-dir; a job can't reach any LoRA through them
+    cases.append(Case("another user's LoRA as a prompt tag", _gen(t(), prompt="<lora:alices-lora:1> a cat"),
+                      "failed:invalid_input", "<lora:alices-lora>"))
     return cases
 
 
