@@ -224,3 +224,30 @@ def test_two_workers_racing_on_sql_queue_run_each_job_once(tmp_path: Path, sql_s
     assert summary["duplicate_events"] == 0
     summary.update(broker="sql (SQLite)", handled_per_worker=handled)
     record_figure("race_sql_two_workers", summary)
+
+
+def test_duplicate_message_of_running_job_is_not_run_again(tmp_path: Path, sql_stack: tuple[JobStore, list[SqlBroker]],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A producer that retries a publish (Selfix after a timeout, a bot after a restart) puts the same job on
+    # the queue twice; two workers take one copy each at the same moment. One must win; the other must move
+    # on instead of training the same LoRA a second time on a second GPU.
+    store, (client, first, second) = sql_stack
+    task = str(uuid.uuid4())
+    for _ in range(2):
+        client.publish_job(tiny_job(task), task_id=task)
+    tally = Tally()
+    with instant_engine(monkeypatch, delay=2.0) as engine:
+        workers = [start_worker(tmp_path / name, broker, store, name)
+                   for name, broker in (("one", first), ("two", second))]
+        try:
+            tally.wait(client.consume_events, [task], timeout=60)
+            wait_until(lambda: client.queue_depth() == 0 and all(w.current_task is None for w, _ in workers), 30,
+                       "both copies to be settled")
+            tally.add(client.consume_events(1))
+        finally:
+            for worker, thread in workers:
+                worker.stop()
+                thread.join(30)
+    assert engine.runs[task] == 1, f"the job ran {engine.runs[task]} times"
+    summary = tally.summary([task])
+    assert summary["lost"] == 0 and summary["differing_results"] == 0
