@@ -106,14 +106,6 @@ class WorkerProcess:
         return int(self.process.returncode)
 
 
-def metric_value(text: str, name: str) -> float:
-    """The value of an unlabelled sample ``name`` in Prometheus text."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in metrics")
-
-
 # -- S3 as a client sees it (plain boto3) --------------------------------------------------------------
 
 

@@ -140,10 +140,11 @@ class Worker:
                 self.broker.ack(delivery)
                 final = str(published.status)
                 metrics.JOBS.labels(kind=job.kind, status=final).inc()
-                metrics.JOB_SECONDS.labels(kind=job.kind, status=final).observe(time.monotonic() - started)
-                log.info("job %s in %.2fs", final, time.monotonic() - started,
-                         extra={"kind": job.kind, "status": final, **{k: v for k, v in ctx.info.items()
-                                                                     if isinstance(v, int | float | str)}})
+                took = time.monotonic() - started
+                metrics.JOB_SECONDS.labels(kind=job.kind, status=final).observe(took)
+                log.info("job %s in %.2fs", final, took,
+                         extra={"kind": job.kind, "status": final, "seconds": round(took, 3),
+                                **{k: v for k, v in ctx.info.items() if isinstance(v, int | float | str)}})
                 self._clean_up(ctx, final)
                 return final
             except TransientError as exc:
