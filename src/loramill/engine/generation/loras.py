@@ -9,6 +9,7 @@ the least recently used is deleted when another is needed; each job activates on
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ import torch
 
 from loramill.engine.lora.files import read_lora
 from loramill.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,13 @@ class AdapterCache:
         self.max_resident = max_resident
         self.max_in_memory = max_in_memory
         self._states: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-        self._resident: OrderedDict[str, None] = OrderedDict()
+        self._resident: OrderedDict[str, str] = OrderedDict()  # LoRA name → adapter (slot) in the pipeline
+        self._layouts: dict[str, tuple[Any, ...] | None] = {}  # slot → layout of the LoRA it was loaded with
+        self.hotswaps = 0
+        self._slots = 0
         self.hits = 0
         self.misses = 0
+        self._active: tuple[tuple[str, ...], tuple[float, ...]] | None = None  # what set_adapters last set
 
     def activate(self, loras: list[LoraSpec]) -> list[str]:
         """Make exactly ``loras`` active with their weights; returns the adapter names used."""
@@ -49,39 +56,80 @@ class AdapterCache:
         for spec in loras:
             name = self._ensure_resident(spec.path)
             names.append(name)
+        # Jobs grouped by adapter (jobs/scheduling.py) ask for the same set many times in a row;
+        # set_adapters walks every LoRA layer, so an unchanged set is not set again.
+        wanted = (tuple(names), tuple(s.weight for s in loras))
+        if wanted == self._active:
+            return names
         if names:
             self.pipe.set_adapters(names, adapter_weights=[s.weight for s in loras])
+            self.pipe.enable_lora()
         elif self._resident:
             self.pipe.disable_lora()
-        if names:
-            self.pipe.enable_lora()
+        self._active = wanted
         return names
 
     def _ensure_resident(self, path: Path) -> str:
+        """The pipeline adapter holding ``path``'s LoRA, loading it (into the least recently used slot) if needed."""
         name = adapter_name(path)
         if name in self._resident:
             self._resident.move_to_end(name)
             self.hits += 1
-            return name
+            return self._resident[name]
         self.misses += 1
+        self._active = None  # loading or deleting an adapter changes which ones are active
         state = self._state(path, name)
-        while len(self._resident) >= self.max_resident:
-            evicted, _ = self._resident.popitem(last=False)
-            self.pipe.delete_adapters(evicted)
+        if len(self._resident) >= self.max_resident:
+            evicted, slot = self._resident.popitem(last=False)
+            # Swapping the new weights into the evicted adapter's layers costs ~1/8 of deleting it and
+            # injecting new ones (measured: 10 ms vs 93 ms on the tiny SD 1.5), and allocates nothing.
+            if self._hotswap(slot, state):
+                self._resident[name] = slot
+                return slot
+            self._delete(slot)
+            while len(self._resident) >= self.max_resident:
+                _, older = self._resident.popitem(last=False)
+                self._delete(older)
+        # A fresh adapter name: after hotswaps a LoRA's own name may already be another LoRA's slot.
+        self._slots += 1
+        slot = f"{name}_{self._slots}"
         try:
-            # diffusers consumes the dict it is given: pass a shallow copy so the cache stays whole.
+            # diffusers consumes the dict it is given, and with low_cpu_mem_usage the adapter's parameters
+            # are the given tensors themselves; a later hotswap writes into them in place. Copies keep the
+            # cached state dict whole.
             with _quiet_transformers():
-                self.pipe.load_lora_weights(dict(state), adapter_name=name, low_cpu_mem_usage=True)
+                self.pipe.load_lora_weights({k: v.clone() for k, v in state.items()}, adapter_name=slot,
+                                            low_cpu_mem_usage=True)
         except (ValueError, RuntimeError, KeyError, IndexError) as exc:
             raise InvalidInput(f"LoRA {path.name} does not fit this {self.family} model ({_short(exc)}); it was "
                                "probably trained for another architecture", code="lora_incompatible",
                                field="lora") from exc
-        if not _attached(self.pipe, name):
-            self._drop_partial(name)
+        if not _attached(self.pipe, slot):
+            self._drop_partial(slot)
             raise InvalidInput(f"LoRA {path.name} matched no layer of this {self.family} model; it belongs to "
                                "another architecture", code="lora_incompatible", field="lora")
-        self._resident[name] = None
-        return name
+        self._resident[name] = slot
+        self._layouts[slot] = _layout(state)
+        return slot
+
+    def _hotswap(self, slot: str, state: dict[str, torch.Tensor]) -> bool:
+        """Load ``state`` into the existing adapter ``slot`` in place; ``False`` when it cannot be.
+
+        Only between LoRAs of the same layout — the same layers, ranks and alphas, denoiser only (diffusers
+        cannot hotswap text-encoder LoRAs) — so the swapped adapter computes exactly what a fresh load would.
+        """
+        layout = _layout(state)
+        if layout is None or self._layouts.get(slot) != layout:
+            return False
+        try:
+            with _quiet_transformers():
+                self.pipe.load_lora_weights(dict(state), adapter_name=slot, hotswap=True)
+        except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as exc:
+            # The slot may be half-swapped: the caller deletes it and loads afresh.
+            log.debug("hotswap into %s failed (%s); loading afresh", slot, _short(exc))
+            return False
+        self.hotswaps += 1
+        return True
 
     def _state(self, path: Path, name: str) -> dict[str, torch.Tensor]:
         if name in self._states:
@@ -97,6 +145,10 @@ class AdapterCache:
         while len(self._states) > self.max_in_memory:
             self._states.popitem(last=False)
         return lora.tensors
+
+    def _delete(self, slot: str) -> None:
+        self._layouts.pop(slot, None)
+        self.pipe.delete_adapters(slot)
 
     def _drop_partial(self, name: str) -> None:
         try:
@@ -124,6 +176,17 @@ def adapter_name(path: Path) -> str:
     stat = path.stat()
     digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     return f"lora_{digest}"
+
+
+def _layout(state: dict[str, torch.Tensor]) -> tuple[Any, ...] | None:
+    """What must match for one LoRA to be swapped into another's layers: every key's shape and every alpha.
+
+    ``None`` for LoRAs that touch a text encoder (diffusers hotswaps the denoiser only).
+    """
+    if any(key.startswith(("lora_te", "text_encoder", "te_", "te1", "te2")) for key in state):
+        return None
+    return tuple(sorted((key, tuple(value.shape), float(value) if key.endswith(".alpha") else None)
+                        for key, value in state.items()))
 
 
 def _attached(pipe: Any, name: str) -> bool:
