@@ -17,6 +17,7 @@ import pytest
 from loramill.adapters.broker.sql import SqlBroker
 from tests.jobs.e2e_helpers import WorkerProcess, put_user_images, s3_client, s3_keys, worker_env
 from tests.jobs.worker_helpers import EventLog, encode, new_task_id, raw_bytes_and_order, selfix_job
+from tests.services.common import free_port
 from tests.services.s3 import S3_TEST_BUCKET, S3_TEST_SECRET_KEY
 
 pytestmark = pytest.mark.services
@@ -74,8 +75,12 @@ def test_resume_training_from_checkpoint_after_worker_killed(tmp_path: Path, tin
     first = WorkerProcess(env, tmp_path / "first.log")
     first.wait_ready()
 
-    # 1. Kill the worker (no chance to clean up) once a checkpoint is in storage
-    client.publish_job(encode(selfix_job(task, user, images, maxSteps=24, checkpointEverySteps=2)), task_id=task)
+    # 1. The first worker takes the job; a second one starts meanwhile (its lease keeps the job away from it)
+    client.publish_job(encode(selfix_job(task, user, images, maxSteps=16, checkpointEverySteps=2)), task_id=task)
+    first.wait_for_log(lambda line: line["message"].startswith("job started"))
+    second = WorkerProcess({**env, "LORAMILL_WORKER_HTTP_PORT": str(free_port())}, tmp_path / "second.log")
+
+    # 2. Kill the first (no chance to clean up) once a checkpoint is in storage
     deadline = time.monotonic() + 120
     while not any(k.endswith("checkpoint.json") for k in s3_keys(s3, f"checkpoints/{task}/")):
         assert time.monotonic() < deadline, "no checkpoint reached storage"
@@ -83,10 +88,9 @@ def test_resume_training_from_checkpoint_after_worker_killed(tmp_path: Path, tin
     first.stop(signal.SIGKILL)
     stored = [k for k in s3_keys(s3, f"checkpoints/{task}/") if k.endswith("checkpoint.json")]
     last_step = max(int(k.split("/")[2].removeprefix("step-")) for k in stored)
-    assert last_step < 24
+    assert last_step < 16
 
-    # 2. A new worker gets the job once the dead one's lease runs out, and finishes it from there
-    second = WorkerProcess(env, tmp_path / "second.log")
+    # 3. The second gets the job once the dead one's lease runs out, and finishes it from there
     try:
         events.wait_for(task, "completed", timeout=180)
         resumed = second.wait_for_log(lambda line: "resumed_from_step" in line, timeout=5)
@@ -95,7 +99,7 @@ def test_resume_training_from_checkpoint_after_worker_killed(tmp_path: Path, tin
         assert second.stop() == 0
         client.close()
     assert resumed["resumed_from_step"] == last_step and resumed["taskId"] == task
-    assert finished["steps"] == 24
+    assert finished["steps"] == 16
     events.drain(1.0)
     assert len([e for e in events.events(task) if e["status"] == "completed"]) == 1
     assert s3_keys(s3, f"checkpoints/{task}/") == []
