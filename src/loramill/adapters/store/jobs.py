@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -119,6 +119,36 @@ class JobsMixin:
         if JobStatus(current).terminal:
             return False
         raise Conflict(f"job {job_id!r} is {current}; it cannot become {new.value}")
+
+    def start_attempt(self, job_id: str, *, stale_after: float, event: Mapping[str, Any] | None = None) -> str:
+        """Move the job to ``processing`` for a new attempt, unless another worker is running it.
+
+        A ``processing`` job is taken over only when its worker has not touched it (``touch``) for
+        ``stale_after`` seconds: a copy of a job that is running elsewhere is not run twice, while a
+        dead worker's job is taken over once its heartbeat stops. Returns ``"started"`` (``event``
+        appended), ``"busy"`` (running elsewhere) or ``"finished"`` (already terminal).
+        """
+        now = utcnow()
+        takeover = sa.or_(jobs.c.status == "queued",
+                          sa.and_(jobs.c.status == "processing",
+                                  jobs.c.updated_at < now - timedelta(seconds=stale_after)))
+        values = {"status": "processing", "updated_at": now, "attempts": jobs.c.attempts + 1,
+                  "started_at": sa.func.coalesce(jobs.c.started_at, now)}
+        with self.db.write() as conn:
+            if conn.execute(jobs.update().where(jobs.c.id == job_id, takeover).values(**values)).rowcount:
+                if event is not None:
+                    conn.execute(events.insert().values(job_id=job_id, created_at=now, body=dict(event)))
+                return "started"
+            current = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        if current is None:
+            raise NotFound(f"no job {job_id!r}", field="taskId")
+        return "busy" if current == "processing" else "finished"
+
+    def touch(self, job_id: str) -> bool:
+        """Heartbeat of a running job (see ``start_attempt``); ``False`` if it is not processing."""
+        with self.db.write() as conn:
+            return bool(conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status == "processing")
+                                     .values(updated_at=utcnow())).rowcount)
 
     def set_progress(self, job_id: str, progress: Mapping[str, Any]) -> bool:
         """Record progress of a processing job; ``False`` if the job is not processing any more."""
