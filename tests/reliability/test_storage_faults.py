@@ -285,6 +285,7 @@ def test_fail_job_on_full_disk_keeping_stored_checkpoint(tmp_path: Path, small_d
     [failed] = [e for e in rig.events(task) if e["status"] in ("failed", "completed")]
     assert failed["status"] == "failed" and failed["error"]["code"] == "checkpoint_failed"
     assert "No space left on device" in failed["error"]["message"]
+    assert str(small_disk) not in failed["error"]["message"]  # the worker's paths are not the client's business
     assert checkpoints.stored_steps(storage, task, lambda _op, fn: fn()) == [2]
     filled[0].unlink()
     record_figure("disk_full_worker", {"event": failed["error"]["code"], "stored_checkpoint_steps": [2]})
