@@ -302,3 +302,18 @@ def test_render_cheaper_images_while_queue_is_long(rig: Rig) -> None:
     assert rushed["metrics"]["quality"] != "full" and calm["metrics"]["quality"] == "full"
     assert b"Steps: 2," in rig.storage.get_bytes(rushed["imagePaths"][0])  # 40 % of the 5 asked for
     assert b"Steps: 5," in rig.storage.get_bytes(calm["imagePaths"][0])
+
+
+def test_fail_training_naming_rejected_images_by_storage_key(rig: Rig) -> None:
+    images = upload_images(rig.storage, "user-t", count=2)
+    for name in ("tiny1.jpg", "tiny2.jpg"):
+        rig.storage.put_bytes(f"users/user-t/images/{name}", b"\xff\xd8 not really a jpeg")
+    keys = images + ["users/user-t/images/tiny1.jpg", "users/user-t/images/tiny2.jpg"]
+    task = rig.submit(selfix_job(new_task_id(), "user-t", keys))
+
+    assert rig.run_one() == "failed"
+
+    error = rig.events.wait_for(task, "failed")[0]["error"]
+    assert error["code"] == "too_few_images"
+    assert "users/user-t/images/tiny1.jpg" in error["message"] and "/inputs/" not in error["message"]
+    assert str(rig.worker.settings.work_dir) not in error["message"]

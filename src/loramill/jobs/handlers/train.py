@@ -55,13 +55,16 @@ def handle_training(ctx: JobContext) -> JobEvent:
     with ctx.stage("fetch"):
         inputs = fetch_images(ctx, job.images, ctx.scratch / "inputs")
 
-    # 3. Dataset: checked, framed, captioned with the trigger word
+    # 3. Dataset: checked, framed, captioned with the trigger word; problems named by storage key
     from loramill.engine.dataset.prepare import prepare_dataset
 
     with ctx.stage("dataset"):
-        report = prepare_dataset([str(inputs)], dataset_dir, dataset_config, progress=ctx.progress)
+        try:
+            report = prepare_dataset([str(inputs)], dataset_dir, dataset_config, progress=ctx.progress)
+        except InvalidInput as exc:
+            raise InvalidInput(as_keys(exc.message, inputs, job.images), code=exc.code, field="images") from None
     for warning in report.warnings:
-        log.warning("dataset: %s", warning)
+        log.warning("dataset: %s", as_keys(warning, inputs, job.images))
 
     # 4. Resume from the newest checkpoint in storage, if an earlier attempt left one that fits
     with ctx.stage("fetch_checkpoint"):
@@ -165,7 +168,7 @@ def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     missing = []
     for i, key in enumerate(keys):
-        target = folder / f"{i:04d}_{PurePosixPath(key).name}"
+        target = local_name(folder, i, key)
         try:
             ctx.io("storage.get_file", lambda key=key, target=target: _get(ctx.storage, key, target))  # type: ignore[misc]
         except NotFound:
@@ -177,6 +180,18 @@ def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
         raise InvalidInput(f"images: none of the {len(keys)} storage keys exists (e.g. {missing[0]!r}); upload the "
                            "images first or fix the keys", code="images_not_found", field="images")
     return folder
+
+
+def local_name(folder: Path, index: int, key: str) -> Path:
+    """Where the ``index``-th image key is downloaded (numbered: two keys may share a file name)."""
+    return folder / f"{index:04d}_{PurePosixPath(key).name}"
+
+
+def as_keys(text: str, folder: Path, keys: list[str]) -> str:
+    """``text`` with the worker's local copies named by the storage keys the client sent."""
+    for i, key in enumerate(keys):
+        text = text.replace(str(local_name(folder, i, key)), key)
+    return text.replace(str(folder) + "/", "")
 
 
 def _get(storage: Storage, key: str, target: Path) -> Path:
