@@ -160,3 +160,19 @@ def _fmt(value: float | None) -> str:
     if abs(value) >= 1:
         return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
     return f"{value:.3g}"
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The results as the Markdown table in docs/performance.md (``python -m bench.common``)."""
+    lines = ["| benchmark | metric | baseline | loramill | ratio | target | met | date |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ratio = _fmt(r["ratio"]) + "×" if r["ratio"] is not None else "—"
+        met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
+        lines.append(f"| {r['name']} | {r['metric']} | {_fmt(r['baseline'])} | {_fmt(r['loramill'])} | {ratio} | "
+                     f"{r['target']} | {met} | {r.get('date', '')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table(json.loads(RESULTS.read_text())["results"]))

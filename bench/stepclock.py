@@ -89,7 +89,7 @@ def run_loramill(clock: Clock, config_path: str, flops: bool, profile: bool) -> 
             import torch.profiler as tp
 
             prof = stack.enter_context(tp.profile(activities=[tp.ProfilerActivity.CPU],
-                                                  schedule=tp.schedule(wait=3, warmup=2, active=10)))
+                                                  schedule=tp.schedule(wait=3, warmup=2, active=10, repeat=1)))
             clock.on_step.append(prof.step)
         result = train(config)
     if profile:
@@ -100,6 +100,8 @@ def run_loramill(clock: Clock, config_path: str, flops: bool, profile: bool) -> 
 
 # Where a step's time goes, by operator family (self CPU time of the profiled steps).
 CATEGORIES = (
+    # A step's own span minus the operators inside it: Python, module calls, hooks, the data path.
+    ("Python and framework time between operators", ("profilerstep",)),
     ("convolution", ("conv", "mkldnn_convolution")),
     ("matmul (linear, attention projections)", ("addmm", "mm", "bmm", "matmul", "linear", "baddbmm")),
     ("attention kernel", ("scaled_dot_product", "_efficient_attention", "_flash_attention", "softmax")),
