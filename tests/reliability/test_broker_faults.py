@@ -9,6 +9,7 @@ the queue path's. Clients are plain aio-pika / confluent-kafka, knowing only the
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -251,3 +252,28 @@ def test_duplicate_message_of_running_job_is_not_run_again(tmp_path: Path, sql_s
     assert engine.runs[task] == 1, f"the job ran {engine.runs[task]} times"
     summary = tally.summary([task])
     assert summary["lost"] == 0 and summary["differing_results"] == 0
+
+
+def test_take_over_dead_workers_job_without_dead_lettering_its_copy(
+        tmp_path: Path, sql_stack: tuple[JobStore, list[SqlBroker]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker claimed the job and died (the store says processing; no heartbeat comes any more). Its copy
+    # on the queue is handed back as "busy" until the job goes stale; those hand-backs must not use up the
+    # SQL queue's delivery limit (10), or the job is dead-lettered and never runs.
+    store, (client, first, _) = sql_stack
+    task = str(uuid.uuid4())
+    store.create_job(task, "load-user", "generate", json.loads(tiny_job(task)))
+    assert store.start_attempt(task, stale_after=60) == "started"  # the worker that died
+    client.publish_job(tiny_job(task), task_id=task)
+    tally = Tally()
+    with instant_engine(monkeypatch) as engine:
+        worker = Worker(worker_settings(tmp_path, handback_seconds=0.1, job_heartbeat_seconds=1,
+                                        job_stale_seconds=4), first, store, LocalStorage(tmp_path / "storage"))
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            tally.wait(client.consume_events, [task], timeout=30)
+        finally:
+            worker.stop()
+            thread.join(30)
+    assert [d.reason for d in client.dead_letters()] == []
+    assert engine.runs[task] == 1 and tally.summary([task])["lost"] == 0
