@@ -1,11 +1,12 @@
 """Many LoRAs on one base model: a stream of generation jobs over 20 LoRAs with Zipf-like popularity.
 
-Three ways on the same resident pipeline, the same jobs, the same denoising:
+Four ways over the same jobs and the same denoising, each on its own resident pipeline, interleaved in
+chunks of ``CHUNK`` jobs (so that other processes' load on a shared machine falls on all of them alike):
 1. naive: ``load_lora_weights`` then ``unload_lora_weights`` for every job (public inference services);
 2. all loaded: every LoRA loaded once up front, ``set_adapters`` per job (its load time counts);
 3. loramill: ``Generator`` with its bounded ``AdapterCache`` (state dicts in RAM, a few adapters
    resident, LRU), the queued jobs ordered by ``AdapterScheduler`` (grouped by adapter, no job
-   overtaken more than ``MAX_OVERTAKEN`` times).
+   overtaken more than ``MAX_OVERTAKEN`` times); and the same without the grouping (FIFO).
 Then 1,000 switches through loramill's cache with resident memory (RSS) read before and after.
 """
 
