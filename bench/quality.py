@@ -36,7 +36,9 @@ def burst(generator: Any, jobs: int, policy: Any | None) -> dict[str, Any]:
     started = time.perf_counter()
     finished, levels = [], []
     for n in range(jobs):
-        level = policy.level_for(jobs - n - 1) if policy is not None else FULL
+        # Every job of the burst was queued at t=0, so the one starting now has waited this long.
+        waited = time.perf_counter() - started
+        level = policy.level_for(jobs - n - 1, waited) if policy is not None else FULL
         steps, width, _ = apply_level(STEPS, SIDE, SIDE, level)
         t = time.perf_counter()
         _render(generator, n, steps, width)

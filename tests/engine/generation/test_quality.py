@@ -98,5 +98,12 @@ def test_load_policy_uses_measured_time_of_a_level_over_the_cost_model() -> None
     assert policy.level_for(15).name == "faster"
 
 
+def test_load_policy_counts_time_already_waited() -> None:
+    policy = LoadPolicy(target_seconds=10.0, initial_seconds=1.0)
+    assert policy.level_for(5).name == "full"  # 6 × 1 s ≤ 10 s
+    assert policy.level_for(5, waited=6.0).name == "fast"  # 6 × 0.6 s ≤ 4 s left
+    assert policy.level_for(0, waited=11.0).name == "fastest"  # already late: the cheapest
+
+
 def test_load_policy_without_target_is_off() -> None:
     assert LoadPolicy(None).level_for(10_000) == FULL

@@ -113,15 +113,19 @@ class LoadPolicy:
         """Expected seconds of one job at ``level``."""
         return self._seen.get(level.name, self.seconds_per_job * level.cost)
 
-    def level_for(self, jobs_ahead: int) -> QualityLevel:
-        """The level for a job that starts now with ``jobs_ahead`` others still queued behind it.
+    def level_for(self, jobs_ahead: int, waited: float = 0.0) -> QualityLevel:
+        """The level for a job that starts now, has already waited ``waited`` seconds since it was queued, and
+        has ``jobs_ahead`` others still queued behind it.
 
-        The best level at which this job and those behind it, all at that level, finish within the target.
+        The best level at which this job and those behind it, all at that level, finish within the target
+        counted from when this job was queued (in a burst the ones behind arrived with it). A job already
+        past its target gets the cheapest level: it is late either way, and the ones behind it are not yet.
         """
-        if self.target_seconds is None or jobs_ahead <= 0:
+        if self.target_seconds is None or (jobs_ahead <= 0 and waited <= 0):
             return self.levels[0]
+        budget = self.target_seconds - max(0.0, waited)
         for level in self.levels:
-            if (jobs_ahead + 1) * self.seconds_at(level) / max(1, self.workers) <= self.target_seconds:
+            if (jobs_ahead + 1) * self.seconds_at(level) / max(1, self.workers) <= budget:
                 return level
         return self.levels[-1]
 
