@@ -59,14 +59,23 @@ class JobRecorder:
                 return existing
             raise
 
-    def start(self, job: Job) -> bool:
-        """Mark the job processing (an attempt more) and tell the client; ``False`` if it is terminal."""
+    def start(self, job: Job, stale_after: float) -> str:
+        """Start an attempt and tell the client: ``"started"``, ``"busy"`` (a live worker is running this
+        job: a duplicate copy) or ``"finished"`` (already terminal). A ``processing`` job whose heartbeat
+        is older than ``stale_after`` seconds belongs to a dead worker and is taken over."""
         event = JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.PROCESSING)
-        moved = self.io("store.transition", lambda: self.store.transition(
-            job.task_id, JobStatus.PROCESSING, event=event.to_dict()))
-        if moved:
+        result = self.io("store.start_attempt", lambda: self.store.start_attempt(
+            job.task_id, stale_after=stale_after, event=event.to_dict()))
+        if result == "started":
             self.publish(event)
-        return moved
+        return str(result)
+
+    def heartbeat(self, task_id: str) -> None:
+        """Tell other workers this job's worker is alive; a failure only skips one beat."""
+        try:
+            self.store.touch(task_id)
+        except LoramillError as exc:
+            log.warning("job heartbeat skipped: %s", exc.message)
 
     def cancel_requested(self, task_id: str) -> bool:
         """Whether the job's owner asked to cancel it."""

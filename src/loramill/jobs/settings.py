@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loramill.errors import InvalidInput
@@ -51,6 +51,11 @@ class WorkerSettings(BaseSettings):
     progress_interval: float = Field(3.0, gt=0, description="seconds between processing events of one job")
     cancel_check_interval: float = Field(1.0, gt=0, description="seconds between looks at cancel_requested")
     receive_timeout: float = Field(1.0, gt=0, description="seconds one receive() waits for a job")
+    job_heartbeat_seconds: float = Field(5.0, gt=0, description="seconds between a running job's heartbeats "
+                                         "in the job store")
+    job_stale_seconds: float = Field(30.0, gt=0, description="a processing job whose heartbeat is older than "
+                                     "this belongs to a dead worker and is taken over; a younger one is "
+                                     "running elsewhere, so a duplicate copy is handed back, not run")
     sql_lease_seconds: float = Field(60.0, gt=0, description="sql broker: a dead worker's job is redelivered "
                                                                "after this long")
     retry_attempts: int = Field(5, ge=1, description="tries of a storage/broker/database call before giving up")
@@ -72,6 +77,15 @@ class WorkerSettings(BaseSettings):
     keep_work: bool = Field(False, description="keep a job's scratch folder after it ends (debugging)")
     log_format: str = Field("json", description="json or text")
     log_level: str = Field("INFO")
+
+    @field_validator("job_stale_seconds")
+    @classmethod
+    def _stale_after_beats(cls, value: float, info: ValidationInfo) -> float:
+        beat = info.data.get("job_heartbeat_seconds", 5.0)
+        if value < 3 * beat:
+            raise ValueError(f"LORAMILL_JOB_STALE_SECONDS ({value}) must be at least 3 x "
+                             f"LORAMILL_JOB_HEARTBEAT_SECONDS ({beat}), or a live worker's job is taken over")
+        return value
 
     @field_validator("broker")
     @classmethod

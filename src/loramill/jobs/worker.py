@@ -16,6 +16,8 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,7 @@ from loramill.adapters.store import JobStore
 from loramill.engine.progress import StopRequested
 from loramill.errors import Conflict, LoramillError, TransientError
 from loramill.jobs.contracts import JobEvent, failed_event_for, parse_job
-from loramill.jobs.events import JobRecorder
+from loramill.jobs.events import Job, JobRecorder
 from loramill.jobs.handlers import checkpoints, handler_for
 from loramill.jobs.handlers.context import STOP_CANCEL, JobContext
 from loramill.jobs.handlers.models import ResidentModels
@@ -119,15 +121,24 @@ class Worker:
                     record = self.recorder.claim(job)
                 except Conflict as exc:
                     return self._dead_letter(delivery, exc)
-                if JobStatus(record.status).terminal or not self.recorder.start(job):
+                started_as = "finished" if JobStatus(record.status).terminal else self.recorder.start(
+                    job, stale_after=self.settings.job_stale_seconds)
+                if started_as == "busy":
+                    started_as = self._await_other_run(job)
+                if started_as == "finished":
                     return self._republish(delivery, job.kind, job.task_id)
+                if started_as == "busy":
+                    log.info("job is still running on another worker; handing this copy back")
+                    self._give_back(delivery)
+                    return SKIPPED
                 log.info("job started (attempt %d)", record.attempts + 1,
                          extra={"kind": job.kind, "attempt": record.attempts + 1, "redelivered": delivery.redelivered})
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
                                  models=self.models, recorder=self.recorder, scratch=self._scratch(job.task_id),
                                  shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead)
-                outcome, event = self._run(ctx)
+                with self._heartbeat(job.task_id):
+                    outcome, event = self._run(ctx)
                 if outcome == HANDED_BACK:
                     # 5a. Stopped by shutdown or an outage: the checkpoint is in storage, the job goes back
                     self.recorder.hand_back(job.task_id)
@@ -181,6 +192,38 @@ class Worker:
             error = LoramillError(f"internal error ({type(exc).__name__}); the worker log has the details "
                                   f"for task {job.task_id}")
             return FAILED, self.recorder.failed(job, error)
+
+    def _await_other_run(self, job: Job) -> str:
+        """A copy of a job that a live worker is running (a producer's retry, a rebalance, a redelivery
+        after a crash): hold it and watch the store. If that run ends, this copy only republishes its
+        outcome; if its heartbeat stops (the worker died), this worker takes the job over. Holding the
+        delivery, rather than handing it straight back, keeps the broker from counting a redelivery
+        loop as a poison message; the wait is bounded by the stale window."""
+        log.info("job is running on another worker; waiting for it to end or go silent")
+        deadline = time.monotonic() + self.settings.job_stale_seconds + 2 * self.settings.job_heartbeat_seconds
+        while not self.shutdown.wait(self.settings.job_heartbeat_seconds):
+            started_as = self.recorder.start(job, stale_after=self.settings.job_stale_seconds)
+            if started_as != "busy" or time.monotonic() > deadline:
+                return started_as
+        return "busy"
+
+    @contextmanager
+    def _heartbeat(self, task_id: str) -> Iterator[None]:
+        """Touch the job in the store every few seconds while it runs, from a thread of its own, so
+        long silent stages (model load, latent caching) still prove this worker is alive."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.job_heartbeat_seconds):
+                self.recorder.heartbeat(task_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{task_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def _give_back(self, delivery: Delivery) -> None:
         """Return ``delivery`` to the queue after a pause (so a hot loop cannot spin); never raises."""
