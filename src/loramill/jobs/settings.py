@@ -72,7 +72,8 @@ class WorkerSettings(BaseSettings):
     generation_target_seconds: float | None = Field(
         None, gt=0, description="latency a generation job should meet; when the queue would make it late, "
                                 "jobs get fewer steps, then smaller images (Prompt2Pic). Unset: always as asked")
-    workers: int = Field(1, ge=1, description="workers sharing the queue (for the load policy's wait estimate)")
+    # The same LORAMILL_WORKERS as `loramill serve --workers` (0 there means API only), so 0 is valid here.
+    workers: int = Field(1, ge=0, description="workers sharing the queue (for the load policy's wait estimate)")
     lora_cache_size: int = Field(4, ge=1, description="LoRAs kept loaded on a resident pipeline")
     keep_work: bool = Field(False, description="keep a job's scratch folder after it ends (debugging)")
     log_format: str = Field("json", description="json or text")

@@ -63,7 +63,7 @@ class Worker:
         if settings.generation_target_seconds is not None:
             from loramill.engine.generation.quality import LoadPolicy
 
-            self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=settings.workers)
+            self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=max(1, settings.workers))
         self.current_task: str | None = None
         self.handled = 0
         self._depth_checked = 0.0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from loramill.errors import InvalidInput, LoramillError
 
@@ -59,9 +60,14 @@ def save_checkpoint(root: Path, state: TrainingState, keep: int) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        # A full disk surfaces as OSError, safetensors' own SafetensorError, or torch's RuntimeError
+        # ("PytorchStreamWriter failed writing file"), depending on which file hit it.
         shutil.rmtree(tmp, ignore_errors=True)
-        raise LoramillError(f"could not save checkpoint at step {state.step} in {root}: {exc}. "
+        # No paths in the message: it reaches service clients, to whom the worker's disk means nothing
+        # (the CLI prints the run folder already).
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LoramillError(f"could not save the checkpoint of step {state.step}: {reason}. "
                             "The previous checkpoint is intact; free disk space and resume",
                             code="checkpoint_failed") from exc
     for old in list_checkpoints(root)[:-keep]:
