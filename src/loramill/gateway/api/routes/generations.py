@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from loramill.gateway.api.deps import GatewayDep, PrincipalDep
-from loramill.gateway.api.routes.jobs import CREATE_ERRORS, created
+from loramill.gateway.api.routes.jobs import CREATE_ERRORS, REPEATED, created
 from loramill.gateway.api.schemas import GenerationCreate, JobPublic
 from loramill.gateway.api.views import job_public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
-@router.post("/generations", response_model=JobPublic, status_code=202, responses=CREATE_ERRORS)
+@router.post("/generations", response_model=JobPublic, status_code=202, responses={**REPEATED, **CREATE_ERRORS})
 def create_generation(body: GenerationCreate, gateway: GatewayDep, who: PrincipalDep, response: Response,
                       idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JobPublic:
     """Generate images; list a style LoRA and a subject LoRA together to compose them.

@@ -19,6 +19,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"mod
 CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS, 409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody},
     429: {"model": ErrorBody, "description": "the queue is full; retry after the Retry-After header's seconds"}}
+# A POST repeated with the same Idempotency-Key answers 200 with the job the first one made.
+REPEATED: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobPublic, "description": "the job already existed (a repeated Idempotency-Key)"}}
 
 
 def created(response: Response, job: JobPublic, is_new: bool) -> JobPublic:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 
 from loramill.errors import InvalidInput
 from loramill.gateway.api.deps import GatewayDep, PrincipalDep
-from loramill.gateway.api.routes.jobs import CREATE_ERRORS, created
+from loramill.gateway.api.routes.jobs import CREATE_ERRORS, REPEATED, created
 from loramill.gateway.api.schemas import JobPublic
 from loramill.gateway.api.uploads import check_image, check_image_count
 from loramill.gateway.api.views import job_public
@@ -17,7 +17,7 @@ from loramill.gateway.api.views import job_public
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
-@router.post("/trainings", response_model=JobPublic, status_code=202, responses=CREATE_ERRORS)
+@router.post("/trainings", response_model=JobPublic, status_code=202, responses={**REPEATED, **CREATE_ERRORS})
 def create_training(
     gateway: GatewayDep, who: PrincipalDep, response: Response,
     images: Annotated[list[UploadFile] | None, File(description="JPEG, PNG or WebP photos")] = None,
