@@ -105,3 +105,14 @@ def test_generate_progress_never_exceeds_total(tiny_models):
     gen.generate(GenerateRequest("a cat", width=64, height=64, steps=2), progress=reports.append)
     assert reports and all(r.step <= r.total for r in reports)
     assert reports[-1].step == reports[-1].total
+
+
+def test_adapter_cache_clear_leaves_bare_base_and_reloads_same_lora(tiny_models, trained):
+    gen = Generator(str(tiny_models["sd15"]))
+    req = dict(width=64, height=64, steps=3, seed=5)
+    before = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraSpec(trained["sd15"])], **req))[0].image)
+    assert gen.adapters is not None
+    gen.adapters.clear()
+    assert not any(gen.pipe.get_list_adapters().values()), "training needs the bare base model"
+    again = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraSpec(trained["sd15"])], **req))[0].image)
+    assert np.array_equal(before, again)

@@ -50,6 +50,15 @@ class AdapterCache:
         self.misses = 0
         self._active: tuple[tuple[str, ...], tuple[float, ...]] | None = None  # what set_adapters last set
 
+    def clear(self) -> None:
+        """Take every adapter out of the pipeline (training needs the bare base model); the validated
+        state dicts stay cached in RAM, so the next generation does not read the files again."""
+        if self._resident or self.pipe.get_list_adapters():
+            self.pipe.unload_lora_weights()
+        self._resident.clear()
+        self._layouts.clear()
+        self._active = None
+
     def activate(self, loras: list[LoraSpec]) -> list[str]:
         """Make exactly ``loras`` active with their weights; returns the adapter names used."""
         names = []

@@ -99,16 +99,12 @@ class ResidentModels:
         """The resident pipeline of ``model`` with no generation LoRAs attached, and its family name.
 
         Training injects its own adapter and, when done, strips every adapter layer from the models;
-        generation LoRAs still loaded would be torn out under the generator's cache, so they are
-        unloaded first and the cache starts afresh (the LoRA files stay on disk).
+        generation LoRAs still loaded would be torn out under the generator's cache, so the cache
+        unloads them first (keeping their state dicts in RAM).
         """
-        from loramill.engine.generation.loras import AdapterCache
-
         generator = self.generator(model)
-        if generator.adapters is not None and generator.pipe.get_list_adapters():
-            generator.pipe.unload_lora_weights()
-            generator.adapters = AdapterCache(generator.pipe, generator.family_name or "",
-                                              max_resident=self.lora_cache_size)
+        if generator.adapters is not None:
+            generator.adapters.clear()
         return generator.pipe, generator.family_name or ""
 
 
