@@ -96,3 +96,54 @@ def test_adapter_key_ignores_order_and_weights() -> None:
 
     assert adapter_key([Ref("b", 0.5), Ref("a", 1.0)]) == adapter_key([Ref("a", 0.2), Ref("b", 1)]) == ("a", "b")
     assert adapter_key([]) == ()
+
+
+def _batches(jobs: list[Job], bound: int, max_size: int, arrive_every: int = 0) -> list[list[Job]]:
+    """Drain ``jobs`` through ``next_batch``; with ``arrive_every``, that many arrive before each batch."""
+    scheduler: AdapterScheduler[Job] = AdapterScheduler(key=key, max_overtaken=bound)
+    pending = list(jobs)
+    batches = []
+    if not arrive_every:
+        for job in pending:
+            scheduler.add(job)
+        pending = []
+    while pending or len(scheduler):
+        for _ in range(arrive_every):
+            if pending:
+                scheduler.add(pending.pop(0))
+        batches.append(scheduler.next_batch(max_size))
+    return batches
+
+
+@pytest.mark.parametrize(("bound", "max_size", "arrive_every"), [(0, 8, 0), (3, 4, 0), (16, 8, 0), (16, 8, 3),
+                                                                  (5, 2, 2)])
+def test_next_batch_groups_one_adapter_within_size_and_bound(bound: int, max_size: int, arrive_every: int) -> None:
+    rng = random.Random(bound * 31 + max_size)
+    weights = [1 / (k + 1) ** 1.1 for k in range(20)]
+    jobs = [Job(i, f"lora{rng.choices(range(20), weights)[0]}") for i in range(200)]
+    batches = _batches(jobs, bound, max_size, arrive_every)
+    order = [job for batch in batches for job in batch]
+    assert sorted(j.n for j in order) == list(range(200))  # every job exactly once
+    assert all(1 <= len(b) <= max_size and len({j.lora for j in b}) == 1 for b in batches)
+    assert all([j.n for j in b] == sorted(j.n for j in b) for b in batches)  # arrival order inside a batch
+    assert max(overtaken(order).values()) <= bound
+    if bound == 0:
+        assert order == jobs
+    else:
+        assert len(batches) < len(jobs)  # some jobs did share a run
+
+
+def test_next_batch_counts_size_in_images_and_respects_same_key() -> None:
+    scheduler: AdapterScheduler[Job] = AdapterScheduler(key=key, max_overtaken=10)
+    jobs = [Job(0, "a"), Job(1, "a"), Job(2, "a"), Job(3, "a")]
+    for job in jobs:
+        scheduler.add(job)
+    sizes = {0: 3, 1: 2, 2: 1, 3: 1}
+    # Jobs 0 and 2 share a key of their own (say, the same step count): job 1 cannot join them.
+    same = {0: "x", 1: "y", 2: "x", 3: "x"}
+    batch = scheduler.next_batch(4, same=lambda j: same[j.n], size=lambda j: sizes[j.n])
+    assert [j.n for j in batch] == [0, 2]  # 3 + 1 images; job 3 would make 5
+    assert [j.n for j in scheduler.next_batch(4, same=lambda j: same[j.n], size=lambda j: sizes[j.n])] == [1]
+    assert [j.n for j in scheduler.next_batch(4, same=lambda j: same[j.n], size=lambda j: sizes[j.n])] == [3]
+    with pytest.raises(IndexError):
+        scheduler.next_batch(4)

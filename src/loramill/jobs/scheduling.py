@@ -47,6 +47,10 @@ class AdapterScheduler(Generic[T]):
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def waiting(self) -> list[T]:
+        """The jobs waiting, in arrival order."""
+        return [job for job, _ in self._waiting]
+
     def add(self, job: T) -> None:
         """Queue ``job`` behind the ones waiting."""
         self._waiting.append((job, 0))
@@ -63,6 +67,41 @@ class AdapterScheduler(Generic[T]):
             self._waiting[i] = (waiting, count + 1)
         self._current = self.key(job)
         return job
+
+    def next_batch(self, max_size: int, *, same: Callable[[T], Hashable] | None = None,
+                   size: Callable[[T], int] = lambda job: 1, resident: Iterable[Hashable] = ()) -> list[T]:
+        """Take the job to run now and, behind it, waiting jobs that can share its run, in arrival order.
+
+        Jobs share a run when ``same(job)`` is equal (default: the adapter key). The batch stops at
+        ``max_size`` units of ``size(job)`` (images, say), and never overtakes any waiting job past the
+        bound: running k later jobs together with the chosen one overtakes each older job k times.
+        """
+        if not self._waiting:
+            raise IndexError("no job is waiting")
+        same = same or self.key
+        chosen = [self._choose(set(resident))]
+        group, total = same(self._waiting[chosen[0]][0]), size(self._waiting[chosen[0]][0])
+        for j in range(len(self._waiting)):
+            if j in chosen or same(self._waiting[j][0]) != group:
+                continue
+            if total + size(self._waiting[j][0]) > max_size:
+                continue
+            # Taking j overtakes every job still waiting before it; the oldest of them has been overtaken
+            # most (it precedes all the others), so it alone decides whether the bound still holds.
+            older = [i for i in range(j) if i not in chosen]
+            if older and self._waiting[older[0]][1] + sum(1 for c in chosen if c > older[0]) + 1 > self.max_overtaken:
+                break
+            chosen.append(j)
+            total += size(self._waiting[j][0])
+        taken = set(chosen)
+        batch = [self._waiting[i][0] for i in sorted(taken)]
+        remaining = []
+        for i, (job, count) in enumerate(self._waiting):
+            if i not in taken:
+                remaining.append((job, count + sum(1 for c in taken if c > i)))
+        self._waiting = remaining
+        self._current = self.key(batch[0])
+        return batch
 
     def _choose(self, resident: set[Hashable]) -> int:
         # 1. The oldest job is overtaken at least as often as any other (it precedes all of them):

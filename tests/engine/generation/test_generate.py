@@ -116,3 +116,34 @@ def test_adapter_cache_clear_leaves_bare_base_and_reloads_same_lora(tiny_models,
     assert not any(gen.pipe.get_list_adapters().values()), "training needs the bare base model"
     again = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraSpec(trained["sd15"])], **req))[0].image)
     assert np.array_equal(before, again)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+def test_generate_batch_gives_each_plan_the_images_it_gets_alone(tiny_models, family):
+    """Batching is only an optimisation: each image equals its plan's lone run (float rounding aside)."""
+    gen = Generator(str(tiny_models[family]))
+    settings = dict(width=64, height=64, steps=3)
+    requests = [GenerateRequest(prompt="a red kite", seed=1, **settings),
+                GenerateRequest(prompt="a blue boat at dusk", seed=7, num_images=2, **settings),
+                GenerateRequest(prompt="a red kite", seed=2, **settings)]
+    plans = [gen.plan(r) for r in requests]
+    batched = gen.generate_batch(plans)
+    assert [len(images) for images in batched] == [1, 2, 1]
+    for request, images in zip(requests, batched, strict=True):
+        alone = gen.generate(request)
+        assert [i.seed for i in images] == [i.seed for i in alone]
+        for b, a in zip(images, alone, strict=True):
+            diff = np.abs(np.asarray(b.image, dtype=np.int16) - np.asarray(a.image, dtype=np.int16))
+            assert diff.max() <= 2, f"{family}: batched image differs from its lone run by {diff.max()}/255"
+            assert b.parameters.split("Time taken")[0] == a.parameters.split("Time taken")[0]
+    # Different seeds in one batch still give different images (each image has its own generator).
+    assert np.asarray(batched[0][0].image).tolist() != np.asarray(batched[2][0].image).tolist()
+
+
+def test_generate_batch_refuses_plans_that_cannot_share_a_run(tiny_models):
+    gen = Generator(str(tiny_models["sd15"]))
+    a = gen.plan(GenerateRequest(prompt="a kite", steps=2, width=64, height=64))
+    b = gen.plan(GenerateRequest(prompt="a kite", steps=3, width=64, height=64))
+    assert a.batch_key != b.batch_key
+    with pytest.raises(ValueError, match="batch_key"):
+        gen.generate_batch([a, b])

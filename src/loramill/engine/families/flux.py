@@ -83,8 +83,9 @@ def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tens
     return pred, noise - latents
 
 
-def generation_kwargs(*, prompt: str, negative_prompt: str, steps: int, guidance: float, width: int,
-                      height: int, num_images: int, generator: torch.Generator) -> dict[str, Any]:
+def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,
+                      width: int, height: int, num_images: int,
+                      generator: torch.Generator | list[torch.Generator]) -> dict[str, Any]:
     # FLUX.1-dev is guidance-distilled: `guidance_scale` feeds the guidance embedding; a negative prompt
     # switches on true CFG, which doubles the cost, so it is used only when one is given.
     kwargs = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width,

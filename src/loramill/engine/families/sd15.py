@@ -61,8 +61,9 @@ def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tens
     return pred, ddpm_target(scheduler, latents, noise, timesteps)
 
 
-def generation_kwargs(*, prompt: str, negative_prompt: str, steps: int, guidance: float, width: int,
-                      height: int, num_images: int, generator: torch.Generator) -> dict[str, Any]:
+def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,
+                      width: int, height: int, num_images: int,
+                      generator: torch.Generator | list[torch.Generator]) -> dict[str, Any]:
     return dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, width=width, height=height, num_images_per_prompt=num_images,
                 generator=generator)

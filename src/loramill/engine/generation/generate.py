@@ -49,6 +49,27 @@ class GenerateRequest:
                 raise InvalidInput(f"--{name} must be 64–4096 pixels, got {value}", field=name)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A request resolved against one model: what the pipeline is called with (see ``Generator.plan``)."""
+
+    prompt: str
+    negative_prompt: str
+    loras: tuple[LoraSpec, ...]
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    seed: int
+    num_images: int
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Plans with equal keys can share one denoising run: the same LoRAs and weights, steps, guidance
+        and size (prompts and seeds may differ; with or without a negative prompt, FLUX runs differently)."""
+        return (self.loras, self.steps, self.guidance, self.width, self.height, bool(self.negative_prompt))
+
+
 @dataclass
 class GeneratedImage:
     image: Image.Image
@@ -80,47 +101,75 @@ class Generator:
             return load_pipeline_of(AutoPipelineForText2Image, model, dtype=torch.float32)
         return get_family(self.family_name).load_pipeline(model)
 
-    def generate(self, request: GenerateRequest, progress: ProgressCallback = no_progress) -> list[GeneratedImage]:
-        """Render ``request``: resolve tags, activate its LoRAs, run the pipeline with a per-image seed."""
+    def plan(self, request: GenerateRequest) -> Plan:
+        """Resolve ``request``: prompt tags become LoRAs, settings default to the family's, sizes rounded."""
         # 1. Prompt tags become LoRAs; the tags leave the text that is encoded.
         prompt, tags = extract_lora_tags(request.prompt)
         loras = list(request.loras) + [LoraSpec(resolve_tag(n, request.lora_dir), w) for n, w in tags]
         if not prompt:
             raise InvalidInput("--prompt holds only <lora:…> tags; add a description of the image", field="prompt")
-
-        # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
-        family = get_family(self.family_name) if self.family_name else None
-        steps = request.steps or (family.DEFAULT_STEPS if family else 30)
-        guidance = request.guidance if request.guidance is not None else (family.DEFAULT_GUIDANCE if family else 5.0)
-        multiple = family.RESOLUTION_MULTIPLE if family else 8
-        default = DEFAULT_SIZE.get(self.family_name or "", 512)
-        width = (request.width or default) // multiple * multiple
-        height = (request.height or default) // multiple * multiple
-
-        # 3. LoRAs: validated, cached, and exactly this request's set active.
         if loras and self.adapters is None:
             raise InvalidInput(f"model {self.model} is not SD 1.5, SDXL or FLUX.1; LoRAs cannot be applied to it",
                                field="lora")
+        # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
+        family = get_family(self.family_name) if self.family_name else None
+        multiple = family.RESOLUTION_MULTIPLE if family else 8
+        default = DEFAULT_SIZE.get(self.family_name or "", 512)
+        return Plan(prompt=prompt, negative_prompt=request.negative_prompt, loras=tuple(loras),
+                    steps=request.steps or (family.DEFAULT_STEPS if family else 30),
+                    guidance=request.guidance if request.guidance is not None else (
+                        family.DEFAULT_GUIDANCE if family else 5.0),
+                    width=(request.width or default) // multiple * multiple,
+                    height=(request.height or default) // multiple * multiple,
+                    seed=request.seed, num_images=request.num_images)
+
+    def generate(self, request: GenerateRequest, progress: ProgressCallback = no_progress) -> list[GeneratedImage]:
+        """Render ``request``: resolve tags, activate its LoRAs, run the pipeline with a per-image seed."""
+        return self.generate_batch([self.plan(request)], progress)[0]
+
+    def generate_batch(self, plans: list[Plan], progress: ProgressCallback = no_progress
+                       ) -> list[list[GeneratedImage]]:
+        """Render several plans of one ``batch_key`` in a single denoising run; the images per plan.
+
+        Each image keeps its own seed (``seed + i`` of its plan) through its own torch generator, so an
+        image is the one its plan alone would give, up to float rounding of the batched kernels.
+        """
+        if not plans:
+            return []
+        first = plans[0]
+        if any(p.batch_key != first.batch_key for p in plans):
+            raise ValueError("generate_batch: plans differ in LoRAs or settings; group them by Plan.batch_key")
+
+        # 1. Exactly this batch's LoRAs active, with their weights.
         if self.adapters is not None:
-            self.adapters.activate(loras)
+            self.adapters.activate(list(first.loras))
 
-        # 4. Denoise, reporting each step; a callback may stop the run (cancel).
-        generators = [torch.Generator().manual_seed(request.seed + i) for i in range(request.num_images)]
+        # 2. One prompt, negative prompt and seeded generator per image, plans one after another.
+        prompts = [p.prompt for p in plans for _ in range(p.num_images)]
+        negatives = [p.negative_prompt for p in plans for _ in range(p.num_images)]
+        generators = [torch.Generator().manual_seed(p.seed + i) for p in plans for i in range(p.num_images)]
+        single = len(plans) == 1
+        prompt: str | list[str] = first.prompt if single else prompts
+        # No negative prompt at all stays "none" (FLUX switches true CFG on for any negative prompt).
+        negative: str | list[str] = first.negative_prompt if single or not any(negatives) else negatives
+        per_prompt = first.num_images if single else 1
+        family = get_family(self.family_name) if self.family_name else None
+        if family is not None:
+            kwargs = family.generation_kwargs(prompt=prompt, negative_prompt=negative, steps=first.steps,
+                                              guidance=first.guidance, width=first.width, height=first.height,
+                                              num_images=per_prompt, generator=generators)
+        else:
+            kwargs = dict(prompt=prompt, negative_prompt=negative or None, num_inference_steps=first.steps,
+                          guidance_scale=first.guidance, width=first.width, height=first.height,
+                          num_images_per_prompt=per_prompt, generator=generators)
 
+        # 3. Denoise, reporting each step; a callback may stop the run (cancel).
         def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             # Some schedulers run more timesteps than asked (PNDM adds one): report the real count.
-            total = max(int(getattr(pipe, "num_timesteps", steps) or steps), i + 1)
+            total = max(int(getattr(pipe, "num_timesteps", first.steps) or first.steps), i + 1)
             progress(Progress("generate", i + 1, total))
             return {}
 
-        if family is not None:
-            kwargs = family.generation_kwargs(prompt=prompt, negative_prompt=request.negative_prompt, steps=steps,
-                                              guidance=guidance, width=width, height=height,
-                                              num_images=request.num_images, generator=generators)
-        else:
-            kwargs = dict(prompt=prompt, negative_prompt=request.negative_prompt or None, num_inference_steps=steps,
-                          guidance_scale=guidance, width=width, height=height,
-                          num_images_per_prompt=request.num_images, generator=generators)
         started = time.monotonic()
         try:
             with torch.inference_mode():
@@ -131,15 +180,20 @@ class Generator:
             raise InvalidInput(f"generation failed for these settings: {exc}", code="generation_failed") from exc
         elapsed = time.monotonic() - started
 
-        # 5. Each image with the A1111 parameters that reproduce it alone (seed + i).
-        lora_note = ", ".join(f"{s.path.stem}:{s.weight:g}" for s in loras)
-        results = []
-        for i, image in enumerate(images):
-            settings = {"Steps": steps, "CFG scale": guidance, "Seed": request.seed + i, "Size": f"{width}x{height}",
-                        "Model": Path(self.model).name, "Model family": self.family_name or "other",
-                        "Lora": lora_note, "Time taken": f"{elapsed:.2f}s", "Version": f"loramill {__version__}"}
-            results.append(GeneratedImage(image, request.seed + i, parameters_text(prompt, request.negative_prompt,
-                                                                                   settings)))
+        # 4. Each image with the A1111 parameters that reproduce it alone (its plan's seed + i).
+        results: list[list[GeneratedImage]] = []
+        it = iter(images)
+        for p in plans:
+            lora_note = ", ".join(f"{s.path.stem}:{s.weight:g}" for s in p.loras)
+            mine = []
+            for i in range(p.num_images):
+                settings = {"Steps": p.steps, "CFG scale": p.guidance, "Seed": p.seed + i,
+                            "Size": f"{p.width}x{p.height}", "Model": Path(self.model).name,
+                            "Model family": self.family_name or "other", "Lora": lora_note,
+                            "Time taken": f"{elapsed:.2f}s", "Version": f"loramill {__version__}"}
+                mine.append(GeneratedImage(next(it), p.seed + i,
+                                           parameters_text(p.prompt, p.negative_prompt, settings)))
+            results.append(mine)
         return results
 
 

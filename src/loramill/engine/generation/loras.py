@@ -59,6 +59,10 @@ class AdapterCache:
         self._layouts.clear()
         self._active = None
 
+    def holds(self, path: Path) -> bool:
+        """Whether ``path``'s LoRA is loaded in the pipeline (activating it costs no load)."""
+        return adapter_name(path) in self._resident
+
     def activate(self, loras: list[LoraSpec]) -> list[str]:
         """Make exactly ``loras`` active with their weights; returns the adapter names used."""
         names = []
