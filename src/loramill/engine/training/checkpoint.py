@@ -14,12 +14,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
 
 from loramill.errors import InvalidInput, LoramillError
+
+if TYPE_CHECKING:
+    # The worker imports this module for the file names alone; importing torch here would add a
+    # second or more to its start-up before the model load (which imports torch anyway) could begin.
+    import torch
 
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "lora.safetensors"
@@ -41,6 +45,7 @@ class TrainingState:
 
 def save_checkpoint(root: Path, state: TrainingState, keep: int) -> Path:
     """Write ``root/step-NNNNNN`` atomically and keep only the newest ``keep`` checkpoints."""
+    import torch
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -100,6 +105,7 @@ def resolve_checkpoint(resume: str, root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, fingerprint: str) -> TrainingState:
     """Read a checkpoint; refuse one made by a run with different settings (it would not resume exactly)."""
+    import torch
     from safetensors.torch import load_file
 
     info = json.loads((path / INFO_FILE).read_text())
