@@ -126,6 +126,23 @@ class TextFormatter(logging.Formatter):
 FORMATTERS = {"json": JsonFormatter, "text": TextFormatter}
 
 
+class _LibraryRootLogger(logging.Logger):
+    """The root logger of transformers or diffusers, claimed before they are imported: the plain stderr
+    handler they attach to it on import is refused, and its records always propagate to ours."""
+
+    @property  # type: ignore[override]
+    def propagate(self) -> bool:
+        return True
+
+    @propagate.setter
+    def propagate(self, value: bool) -> None:
+        pass  # the libraries turn propagation off on import; ours is the only handler that should write
+
+    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 - the stdlib's name
+        if type(hdlr) is not logging.StreamHandler:  # theirs is a bare StreamHandler on stderr
+            super().addHandler(hdlr)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route every logger through one stderr handler in ``fmt`` (``json`` or ``text``) at ``level``."""
     formatter = FORMATTERS.get(fmt)
@@ -145,9 +162,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # Python warnings and the HF libraries' own stderr handlers would print plain lines among the JSON.
     logging.captureWarnings(True)
     for library in ("transformers", "diffusers"):
-        try:
-            hf_logging = __import__(f"{library}.utils.logging", fromlist=["logging"])
-        except ImportError:
-            continue
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
+        hf_logging = sys.modules.get(f"{library}.utils.logging")
+        if hf_logging is not None:
+            hf_logging.disable_default_handler()
+            hf_logging.enable_propagation()
+        else:
+            # Importing them only to undo their set-up costs seconds (diffusers pulls in torch) before a
+            # worker's first job; claiming their root logger now handles them whenever they arrive.
+            logging.getLogger(library).__class__ = _LibraryRootLogger
