@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from loramill.adapters.store import JobStore, upgrade
-from loramill.adapters.store.migrate import MIGRATIONS
+from loramill.adapters.store.migrate import HEAD, MIGRATIONS, alembic_config
 from loramill.adapters.store.models import Base
 from tests.adapters.store.helpers import create_database
 
@@ -76,3 +79,19 @@ def test_default_sqlite_database_lives_in_loramill_home(tmp_path: Path, monkeypa
 def test_migrations_ship_without_alembic_ini() -> None:
     assert (MIGRATIONS / "env.py").is_file() and list((MIGRATIONS / "versions").glob("0001_*.py"))
     assert not (MIGRATIONS / "alembic.ini").exists()
+
+
+def test_head_constant_names_the_newest_migration() -> None:
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+
+def test_open_store_at_head_without_running_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    JobStore(url).create_job("t", "u", "train", {"x": 1})
+    # A fresh interpreter, since this one has imported Alembic already.
+    code = ("import sys; from loramill.adapters.store import JobStore; store = JobStore(sys.argv[1]); "
+            "print(store.get_job('t') is not None, 'alembic' in sys.modules)")
+
+    done = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=120, check=True)
+
+    assert done.stdout.split() == ["True", "False"]
