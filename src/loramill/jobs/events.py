@@ -140,7 +140,8 @@ class JobRecorder:
         """Put ``event`` on the output topic / queue (retrying a broker hiccup)."""
         body = event.to_json()
         self.io("broker.publish_event", lambda: self.broker.publish_event(body, task_id=event.task_id))
-        log.info("published %s event", event.status, extra={"status": str(event.status)})
+        # DEBUG: the worker logs each transition itself ("job started", "job completed in …").
+        log.debug("published %s event", event.status, extra={"status": str(event.status)})
 
     def failed(self, job: Job, error: LoramillError) -> JobEvent:
         """The ``failed`` event for ``job`` and ``error``; a secret in the message is masked (events are read widely)."""
