@@ -147,7 +147,7 @@ class _LibraryRootLogger(logging.Logger):
     """The root logger of transformers or diffusers, claimed before they are imported: the plain stderr
     handler they attach to it on import is refused, and its records always propagate to ours."""
 
-    @property  # type: ignore[override]
+    @property
     def propagate(self) -> bool:
         return True
 

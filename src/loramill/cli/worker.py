@@ -38,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     early = load_worker_settings(**overrides)
     configure_logging("DEBUG" if args.verbose else early.log_level, early.log_format)
 
+    # 2. The default base model starts loading now, in a thread: importing torch and diffusers and
+    #    loading it takes seconds, which then pass while the store opens and the broker connects
+    from loramill.jobs.handlers.models import ResidentModels, preload_default
+
+    models = ResidentModels(lora_cache_size=early.lora_cache_size)
+    preload_default(models, early)
+
     from loramill.config import load_config, open_broker, open_storage, open_store
     from loramill.jobs.health import HealthServer
     from loramill.jobs.worker import Worker
@@ -45,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(**overrides)
     settings = config.worker
 
-    # 2. Store, storage, broker
+    # 3. Store, storage, broker
     store = open_store(config)
     storage = open_storage(config)
     broker = open_broker(config, store)
-    worker = Worker(settings, broker, store, storage)
+    worker = Worker(settings, broker, store, storage, models=models)
 
-    # 3. SIGTERM / SIGINT: stop taking jobs, checkpoint and hand back the running one, exit
+    # 4. SIGTERM / SIGINT: stop taking jobs, checkpoint and hand back the running one, exit
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
         if worker.shutdown.is_set():
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    # 4. Health and metrics port, then the loop
+    # 5. Health and metrics port, then the loop
     health = None
     if settings.http_port:
         health = HealthServer(settings.http_host, settings.http_port, lambda: {

@@ -78,6 +78,9 @@ class WorkerSettings(BaseSettings):
     keep_work: bool = Field(False, description="keep a job's scratch folder after it ends (debugging)")
     log_format: str = Field("json", description="json or text")
     log_level: str = Field("INFO")
+    preload_model: bool = Field(True, description="load the default base model (LORAMILL_BASE_MODEL) in the "
+                                "background as the worker starts, beside opening the store and the broker, so "
+                                "the first job finds it loaded; off: the first job that needs a model loads it")
 
     @field_validator("job_stale_seconds")
     @classmethod

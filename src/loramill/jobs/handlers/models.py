@@ -5,6 +5,11 @@ reuse the pipeline and its LoRA cache, training jobs pass it to the engine as ``
 gives it back as the plain base model). Only ``max_resident`` models stay loaded; the least recently
 used one is dropped when another is needed, because a GPU holds one or two at most.
 
+A worker starts loading its default model in a background thread as it starts (``preload_default``),
+so the seconds of importing torch and diffusers and loading the weights pass while it opens the job
+store and connects to the broker. Loads happen one at a time under a lock: a job that asks for a model
+being loaded waits for that load instead of starting a second one.
+
 A job may only name a model configured in ``LORAMILL_MODELS``: a path in a message would let any
 client make the worker read any file.
 """
@@ -13,13 +18,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loramill import metrics
-from loramill.errors import InvalidInput
+from loramill.errors import InvalidInput, LoramillError
 
 if TYPE_CHECKING:
     from loramill.engine.generation.generate import Generator
@@ -65,9 +71,41 @@ class ResidentModels:
         self.max_resident = max_resident
         self.lora_cache_size = lora_cache_size
         self._loaded: OrderedDict[str, Generator] = OrderedDict()
+        # Held for a whole load: a second caller (the first job during the preload, or several
+        # generation jobs handled side by side) waits and then finds the model resident.
+        self._lock = threading.RLock()
 
     def generator(self, model: BaseModel) -> Generator:
         """The resident generator of ``model``, loading it (and dropping the oldest) if needed."""
+        with self._lock:
+            return self._generator(model)
+
+    def is_loaded(self, model: BaseModel) -> bool:
+        """Whether ``model`` is resident now (a load in progress does not count)."""
+        return model.path in self._loaded
+
+    def preload(self, model: BaseModel) -> threading.Thread:
+        """Start loading ``model`` in a daemon thread and return it.
+
+        A failure is logged, never raised: the first job that needs the model loads it again itself
+        and fails with the error it always would (a model mounted late may even load by then).
+        """
+
+        def load() -> None:
+            log.info("preloading base model %s", model.name, extra={"model": model.name})
+            try:
+                self.generator(model)
+            except Exception as exc:  # noqa: BLE001 - the worker must go on taking jobs
+                reason = exc.message if isinstance(exc, LoramillError) else f"{type(exc).__name__}: {exc}"
+                log.warning("preloading base model %s failed (%s); the first job that needs it will try again",
+                            model.name, reason, exc_info=not isinstance(exc, LoramillError),
+                            extra={"model": model.name})
+
+        thread = threading.Thread(target=load, name="preload-model", daemon=True)
+        thread.start()
+        return thread
+
+    def _generator(self, model: BaseModel) -> Generator:
         from loramill.engine.generation.generate import Generator
 
         if model.path in self._loaded:
@@ -91,7 +129,8 @@ class ResidentModels:
 
     def drop_all(self) -> None:
         """Forget every loaded model (after an unexpected error a pipeline may be in any state)."""
-        self._loaded.clear()
+        with self._lock:
+            self._loaded.clear()
         gc.collect()
         _empty_cuda_cache()
 
@@ -106,6 +145,18 @@ class ResidentModels:
         if generator.adapters is not None:
             generator.adapters.clear()
         return generator.pipe, generator.family_name or ""
+
+
+def preload_default(models: ResidentModels, settings: WorkerSettings) -> threading.Thread | None:
+    """Start loading the model a job naming none would get (``LORAMILL_BASE_MODEL``, or the only one in
+    ``LORAMILL_MODELS``) unless ``LORAMILL_PRELOAD_MODEL`` is off; the loading thread, or ``None``."""
+    if not settings.preload_model:
+        return None
+    try:
+        model = resolve_base_model(None, settings)
+    except InvalidInput:
+        return None  # no default: every job names its model, and there is no telling which comes first
+    return models.preload(model)
 
 
 def _empty_cuda_cache() -> None:

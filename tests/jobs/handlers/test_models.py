@@ -1,0 +1,112 @@
+"""Resident base models: the default one loaded in the background at start-up, each load done once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loramill.errors import InvalidInput
+from loramill.jobs.handlers.models import BaseModel, ResidentModels, preload_default, resolve_base_model
+from loramill.jobs.settings import WorkerSettings
+
+
+def settings_for(models: str, **fields: Any) -> WorkerSettings:
+    return WorkerSettings(models=models, **fields)
+
+
+class GatedGenerator:
+    """Stands in for the engine's ``Generator``: counts loads and blocks each one until ``release`` is set."""
+
+    loads = 0
+    entered = threading.Event()
+    release = threading.Event()
+
+    def __init__(self, model: str, **_: Any) -> None:
+        type(self).loads += 1
+        type(self).entered.set()
+        assert type(self).release.wait(30), "the test never released the load"
+        self.model, self.family_name, self.adapters = model, "sd15", None
+
+
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch) -> type[GatedGenerator]:
+    import loramill.engine.generation.generate as generate
+
+    GatedGenerator.loads = 0
+    GatedGenerator.entered, GatedGenerator.release = threading.Event(), threading.Event()
+    monkeypatch.setattr(generate, "Generator", GatedGenerator)
+    return GatedGenerator
+
+
+def test_preload_default_model_makes_it_resident_without_a_job(tiny_sd15: Path) -> None:
+    settings = settings_for(f"sd15={tiny_sd15}", base_model="sd15")
+    models = ResidentModels()
+    model = resolve_base_model(None, settings)
+
+    thread = preload_default(models, settings)
+    assert thread is not None
+    thread.join(timeout=300)
+
+    assert models.is_loaded(model)
+    first = models.generator(model)
+    assert first.family_name == "sd15" and models.generator(model) is first
+
+
+def test_job_arriving_mid_preload_waits_for_it_and_model_loads_once(gated: type[GatedGenerator]) -> None:
+    models, model = ResidentModels(), BaseModel("sd15", "/models/sd15")
+    preload = models.preload(model)
+    assert gated.entered.wait(30)
+    got: list[Any] = []
+    job = threading.Thread(target=lambda: got.append(models.generator(model)))
+    job.start()
+
+    job.join(timeout=0.3)
+    assert job.is_alive() and not got  # the job waits for the load in flight rather than starting its own
+    gated.release.set()
+    preload.join(timeout=30)
+    job.join(timeout=30)
+
+    assert gated.loads == 1 and len(got) == 1 and got[0] is models.generator(model)
+
+
+def test_failed_preload_is_logged_and_the_job_gets_the_clear_error(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(f"sd15={tmp_path / 'missing'}", base_model="sd15")
+    models = ResidentModels()
+
+    with caplog.at_level(logging.WARNING, logger="loramill.jobs.handlers.models"):
+        thread = preload_default(models, settings)
+        assert thread is not None
+        thread.join(timeout=300)
+
+    assert any("preloading base model sd15 failed" in r.getMessage() and "not found" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(InvalidInput) as failure:
+        models.generator(resolve_base_model(None, settings))
+    assert failure.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(("models", "fields"), [
+    ("sd15=/models/sd15,flux=/models/flux", {}),  # no default: jobs name their model
+    ("sd15=/models/sd15", {"base_model": "sd15", "preload_model": False}),  # turned off
+    ("", {}),  # nothing configured
+], ids=["no-default", "turned-off", "no-models"])
+def test_preload_nothing_without_a_default_or_when_turned_off(models: str, fields: dict[str, Any],
+                                                              gated: type[GatedGenerator]) -> None:
+    assert preload_default(ResidentModels(), settings_for(models, **fields)) is None
+    assert gated.loads == 0
+
+
+def test_preload_only_model_configured_when_no_default_is_named(gated: type[GatedGenerator]) -> None:
+    gated.release.set()
+    models = ResidentModels()
+
+    thread = preload_default(models, settings_for("sd15=/models/sd15"))
+    assert thread is not None
+    thread.join(timeout=30)
+
+    assert models.is_loaded(BaseModel("sd15", "/models/sd15")) and gated.loads == 1
