@@ -75,13 +75,20 @@ class BotThread:
 
 
 def start_workers(count: int, config: Config, store: JobStore, storage: Storage) -> list[WorkerThread]:
-    """``count`` workers in daemon threads, each consuming from its own broker connection."""
+    """``count`` workers in daemon threads, each consuming from its own broker connection.
+
+    Each worker's default base model starts loading at once in a thread of its own (as in ``loramill
+    worker``), so that load runs while the broker connects and the API starts, not after the first job.
+    """
+    from loramill.jobs.handlers.models import ResidentModels, preload_default
     from loramill.jobs.worker import Worker
 
     started = []
     for n in range(count):
+        models = ResidentModels(lora_cache_size=config.worker.lora_cache_size)
+        preload_default(models, config.worker)
         broker = open_broker(config, store)
-        worker = Worker(config.worker, broker, store, storage)
+        worker = Worker(config.worker, broker, store, storage, models=models)
         thread = threading.Thread(target=worker.run, name=f"worker-{n}", daemon=True)
         thread.start()
         started.append(WorkerThread(worker, broker, thread))

@@ -65,6 +65,8 @@ def test_serve_runs_api_and_worker_and_stops_cleanly(tmp_path: Path, tiny_sd15: 
     assert page.status_code == 200 and "<title>loramill</title>" in page.text
     output = (tmp_path / "serve.log").read_text()
     assert code == 0 and "serving on" in output and "stopped" in output
+    # The worker's default model loaded at start-up, and the job used that load rather than its own.
+    assert "preloading base model" in output and output.count("loaded base model") == 1
 
 
 @pytest.mark.services
