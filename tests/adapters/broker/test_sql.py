@@ -102,6 +102,47 @@ def test_receive_wakes_up_soon_after_publish(make_broker: MakeBroker) -> None:
     assert time.monotonic() - started < 0.3 + 0.25  # at most one backed-off poll interval late
 
 
+def _receive_in_thread(broker: SqlBroker) -> tuple[threading.Thread, list[Delivery | None]]:
+    got: list[Delivery | None] = []
+    thread = threading.Thread(target=lambda: got.append(broker.receive(timeout=600)), daemon=True)
+    thread.start()
+    time.sleep(0.3)  # let it look at the empty queue and go to sleep
+    return thread, got
+
+
+def test_receive_wakes_when_a_job_is_queued_in_the_same_process(make_broker: MakeBroker) -> None:
+    # Polls so rare that only the wake-up can deliver the job while the test waits (serve's API and
+    # worker threads share one job store, as here).
+    worker = make_broker(poll_min=3600, poll_max=3600)
+    gateway = SqlBroker(worker.store)
+    try:
+        thread, got = _receive_in_thread(worker)
+        gateway.publish_job(b"now", task_id="now")
+        thread.join(timeout=60)
+        assert not thread.is_alive() and got[0] is not None and got[0].body == b"now"
+    finally:
+        gateway.close()
+
+
+def test_receive_wakes_on_notify_from_another_process_on_postgresql(make_broker: MakeBroker) -> None:
+    # Two brokers on two engines, as two processes would have: only PostgreSQL's NOTIFY can wake it.
+    worker, gateway = make_broker(poll_min=3600, poll_max=3600), make_broker()
+    if worker.store.dialect != "postgresql":
+        pytest.skip("SQLite has no signal between processes; its workers poll")
+    thread, got = _receive_in_thread(worker)
+    gateway.publish_job(b"elsewhere", task_id="elsewhere")
+    thread.join(timeout=60)
+    assert not thread.is_alive() and got[0] is not None and got[0].body == b"elsewhere"
+
+
+def test_close_wakes_a_waiting_receive(make_broker: MakeBroker) -> None:
+    worker = make_broker(poll_min=3600, poll_max=3600)
+    thread, got = _receive_in_thread(worker)
+    worker.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and got == [None]
+
+
 def test_ack_is_final(make_broker: MakeBroker) -> None:
     first, second = make_broker(lease_seconds=0.2), make_broker()
     first.publish_job(b"job", task_id="t")

@@ -8,6 +8,9 @@ renews held leases, so a two-hour training keeps its job; a worker that dies sto
 lease runs out and the job is delivered again (``redelivered=True``, deliveries counted). A job
 delivered ``max_deliveries`` times without an ack is dead-lettered instead of crashing workers forever.
 
+A waiting worker wakes as soon as a job is queued in its process, or on PostgreSQL in any process
+(``sql_doorbell``); otherwise it polls, every 5 ms backing off to 200 ms.
+
 Lease times come from each worker's clock: workers on several machines need NTP-synced clocks
 (skew well under ``lease_seconds``).
 """
@@ -27,6 +30,7 @@ from typing import cast
 import sqlalchemy as sa
 
 from loramill.adapters.broker.base import Broker, Delivery
+from loramill.adapters.broker.sql_doorbell import CHANNEL, PgListener, doorbell_for
 from loramill.adapters.store import JobStore
 from loramill.adapters.store.models import QueueMessage, utcnow
 from loramill.errors import LoramillError
@@ -68,6 +72,8 @@ class SqlBroker(Broker):
         self._closed = threading.Event()
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._bell = doorbell_for(self._db)
+        self._listener: PgListener | None = None
 
     # ---- publishing ----------------------------------------------------------------------------
 
@@ -84,23 +90,41 @@ class SqlBroker(Broker):
         with self._db.write() as conn:
             conn.execute(q.insert().values(queue=queue, task_id=task_id, body=bytes(body), priority=priority,
                                            created_at=now, available_at=now, deliveries=0))
+            if queue == "input":
+                self._notify(conn)
+        if queue == "input":
+            self._bell.ring()
+
+    def _notify(self, conn: sa.Connection) -> None:
+        """Tell workers in other processes (PostgreSQL delivers it when the transaction commits)."""
+        if self._db.dialect == "postgresql":
+            conn.execute(sa.text(f"NOTIFY {CHANNEL}"))
 
     # ---- consuming jobs ------------------------------------------------------------------------
 
     def receive(self, timeout: float) -> Delivery | None:
-        """Claim the next ready job, polling every 5 ms backing off to 200 ms, for up to ``timeout`` s."""
+        """Claim the next ready job within ``timeout`` s: at once when one is queued (see the module
+        docstring), else by polling every 5 ms backing off to 200 ms."""
         deadline = time.monotonic() + max(0.0, timeout)
         delay = self._poll[0]
+        self._listen()
         while not self._closed.is_set():
+            seen = self._bell.rings  # read before looking: a job queued after the look rings past it
             delivery = self._claim()
             if delivery is not None:
                 return delivery
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self._closed.wait(min(delay, remaining))
-            delay = min(delay * 2, self._poll[1])
+            rang = self._bell.wait(seen, min(delay, remaining))
+            delay = self._poll[0] if rang else min(delay * 2, self._poll[1])
         return None
+
+    def _listen(self) -> None:
+        """On PostgreSQL, start listening for jobs queued by other processes (once, by the first receive)."""
+        if self._listener is None and self._db.dialect == "postgresql":
+            conninfo = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = PgListener(conninfo, self._bell, f"sql-listen-{self.worker_id}").start()
 
     def _ready(self, now: object) -> sa.ColumnElement[bool]:
         return sa.and_(q.c.queue == "input", q.c.available_at <= now,
@@ -163,6 +187,8 @@ class SqlBroker(Broker):
         with self._db.write() as conn:
             conn.execute(q.update().where(q.c.id == message_id, q.c.lease_owner == token)
                          .values(lease_owner=None, lease_expires_at=None, available_at=utcnow()))
+            self._notify(conn)
+        self._bell.ring()
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to the ``dead`` queue with ``reason``."""
@@ -247,6 +273,9 @@ class SqlBroker(Broker):
     def close(self) -> None:
         """Stop renewing leases, hand held jobs back to the queue, release connections."""
         self._closed.set()
+        self._bell.ring()  # a receive() waiting in another thread returns now
+        if self._listener is not None:
+            self._listener.stop()
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
