@@ -11,7 +11,10 @@ published again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from loramill.adapters.broker.base import Broker
@@ -38,6 +41,9 @@ class JobRecorder:
         self.storage = storage
         self.policy = policy
         self.should_stop = should_stop
+        self._beating: set[str] = set()  # running jobs whose heartbeat the beater thread writes
+        self._beat_lock = threading.Lock()
+        self._beater: threading.Thread | None = None
 
     def io(self, operation: str, fn: Callable[[], T]) -> T:
         """``fn()`` with transient failures retried (backoff + jitter)."""
@@ -76,6 +82,36 @@ class JobRecorder:
             self.store.touch(task_id)
         except LoramillError as exc:
             log.warning("job heartbeat skipped: %s", exc.message)
+
+    @contextmanager
+    def beating(self, task_id: str, every: float) -> Iterator[None]:
+        """``heartbeat(task_id)`` every ``every`` seconds while the block runs, from a thread of its own, so
+        long silent stages (model load, latent caching) still prove this worker is alive.
+
+        One thread beats for all of this recorder's running jobs and ends when none is left at a beat:
+        a thread started and joined per job cost more than a whole instant generation's store work.
+        """
+        with self._beat_lock:
+            self._beating.add(task_id)
+            if self._beater is None:
+                self._beater = threading.Thread(target=self._beat, args=(every,), name="job-heartbeat", daemon=True)
+                self._beater.start()
+        try:
+            yield
+        finally:
+            with self._beat_lock:
+                self._beating.discard(task_id)
+
+    def _beat(self, every: float) -> None:
+        while True:
+            time.sleep(every)
+            with self._beat_lock:
+                running = sorted(self._beating)
+                if not running:
+                    self._beater = None
+                    return
+            for task_id in running:
+                self.heartbeat(task_id)
 
     def cancel_requested(self, task_id: str) -> bool:
         """Whether the job's owner asked to cancel it."""

@@ -209,21 +209,10 @@ class Worker:
 
     @contextmanager
     def _heartbeat(self, task_id: str) -> Iterator[None]:
-        """Touch the job in the store every few seconds while it runs, from a thread of its own, so
-        long silent stages (model load, latent caching) still prove this worker is alive."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.settings.job_heartbeat_seconds):
-                self.recorder.heartbeat(task_id)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{task_id[:8]}", daemon=True)
-        thread.start()
-        try:
+        """Touch the job in the store every few seconds while it runs (``JobRecorder.beating``), so long
+        silent stages (model load, latent caching) still prove this worker is alive."""
+        with self.recorder.beating(task_id, self.settings.job_heartbeat_seconds):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
 
     def _give_back(self, delivery: Delivery) -> None:
         """Return ``delivery`` to the queue after a pause (so a hot loop cannot spin); never raises."""
