@@ -51,19 +51,21 @@ class JobRecorder:
 
     # -- claiming --------------------------------------------------------------------------------
 
-    def claim(self, job: Job) -> JobRecord:
-        """The job's record, created ``queued`` if the gateway did not create it already."""
-        try:
-            record, _ = self.io("store.create_job", lambda: self.store.create_job(
-                job.task_id, job.user_id, job.kind, job.to_payload(), priority=job.priority))
-            return record
-        except Conflict:
-            # The gateway may have stored the request in another normal form; the same user and kind
-            # under the same taskId is the same job. Anything else is a different job reusing the id.
-            existing = self.io("store.get_job", lambda: self.store.get_job(job.task_id))
-            if existing is not None and existing.user_id == job.user_id and existing.kind == job.kind:
-                return existing
-            raise
+    def claim_and_start(self, job: Job, stale_after: float) -> tuple[JobRecord, str]:
+        """Claim the job and start an attempt, in one store transaction (``JobStore.claim_job``).
+
+        Returns the job's record as it was and ``"started"`` (the client is told), ``"busy"`` (a live
+        worker is running this job: a duplicate copy) or ``"finished"`` (already terminal). The record
+        is created ``queued`` if the gateway did not create it; ``Conflict`` if the taskId belongs to
+        another user's job or another kind of job.
+        """
+        event = JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.PROCESSING)
+        record, result = self.io("store.claim_job", lambda: self.store.claim_job(
+            job.task_id, job.user_id, job.kind, job.to_payload(), priority=job.priority, stale_after=stale_after,
+            event=event.to_dict()))
+        if result == "started":
+            self.publish(event)
+        return record, result
 
     def start(self, job: Job, stale_after: float) -> str:
         """Start an attempt and tell the client: ``"started"``, ``"busy"`` (a live worker is running this

@@ -116,13 +116,12 @@ class Worker:
             metrics.IN_PROGRESS.labels(kind=job.kind).inc()
             self.current_task = job.task_id
             try:
-                # 3. Claim it; a job already finished only has its stored outcome published again
+                # 3. Claim and start it (one store transaction); a job already finished only has its
+                #    stored outcome published again
                 try:
-                    record = self.recorder.claim(job)
+                    record, started_as = self.recorder.claim_and_start(job, self.settings.job_stale_seconds)
                 except Conflict as exc:
                     return self._dead_letter(delivery, exc)
-                started_as = "finished" if JobStatus(record.status).terminal else self.recorder.start(
-                    job, stale_after=self.settings.job_stale_seconds)
                 if started_as == "busy":
                     started_as = self._await_other_run(job)
                 if started_as == "finished":

@@ -223,3 +223,49 @@ def test_count_queued_by_kind(store: JobStore) -> None:
     store.transition("c", "processing")
 
     assert (store.count_queued(), store.count_queued("generate"), store.count_queued("train")) == (2, 1, 1)
+
+
+def test_create_job_stores_its_event_in_the_same_transaction_only_when_created(store: JobStore) -> None:
+    queued = {"taskId": "t-1", "userId": "u-1", "status": "queued"}
+    _create(store, event=queued)
+    _create(store, event=queued)  # a repeat: the job exists, no second queued event
+
+    assert [e.body for e in store.list_events("t-1")] == [queued]
+
+
+def test_claim_job_creates_and_starts_in_one_step_keeping_the_status_machine(store: JobStore) -> None:
+    processing = {"taskId": "t-1", "userId": "u-1", "status": "processing"}
+
+    record, started = store.claim_job("t-1", "u-1", "train", PAYLOAD, stale_after=60, event=processing)
+    assert started == "started" and record.status == "queued" and record.attempts == 0  # as it was before
+    again, busy = store.claim_job("t-1", "u-1", "train", PAYLOAD, stale_after=60, event=processing)
+    assert busy == "busy" and again.status == "processing"  # a copy of a job a live worker runs
+
+    stored = store.get_job("t-1")
+    assert stored is not None and stored.status == "processing" and stored.attempts == 1
+    assert [e.body for e in store.list_events("t-1")] == [processing]
+
+    store.transition("t-1", "completed", result={"taskId": "t-1", "status": "completed"})
+    done, finished = store.claim_job("t-1", "u-1", "train", PAYLOAD, stale_after=60, event=processing)
+    assert finished == "finished" and done.status == "completed"
+    assert len(store.list_events("t-1")) == 1  # nothing appended for a finished job
+
+
+def test_claim_job_takes_over_a_silent_worker_and_accepts_another_normal_form(store: JobStore) -> None:
+    _create(store)  # as the gateway stored it
+    store.claim_job("t-1", "u-1", "train", PAYLOAD, stale_after=60)
+
+    # Another normal form of the same request, and the first worker silent for longer than stale_after=0
+    record, started = store.claim_job("t-1", "u-1", "train", PAYLOAD | {"priority": 3}, stale_after=0)
+
+    assert started == "started" and record.attempts == 1
+    assert store.get_job("t-1").attempts == 2  # type: ignore[union-attr]
+
+
+def test_claim_job_refuses_another_users_or_kinds_job(store: JobStore) -> None:
+    _create(store)
+
+    for user_id, kind in (("someone-else", "train"), ("u-1", "generate")):
+        with pytest.raises(Conflict, match="already used by a different job"):
+            store.claim_job("t-1", user_id, kind, PAYLOAD, stale_after=60)
+    assert store.get_job("t-1").status == "queued"  # type: ignore[union-attr]

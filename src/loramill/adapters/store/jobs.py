@@ -1,4 +1,8 @@
-"""Jobs and their events in the store: idempotent create, the status machine enforced in SQL, listing."""
+"""Jobs and their events in the store: idempotent create, the status machine enforced in SQL, listing.
+
+The statements a job's life runs on every delivery and every status poll are built once (below) with
+bound parameters: building and hashing a SQLAlchemy statement per call cost as much as running it.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from loramill.jobs.status import JobStatus, sources_of
 jobs = cast(sa.Table, Job.__table__)
 events = cast(sa.Table, JobEvent.__table__)
 MAX_PAGE = 200
+_job_id: sa.BindParameter[str] = sa.bindparam("job_id")
+GET_JOB = jobs.select().where(jobs.c.id == _job_id)
+INSERT_EVENT = events.insert()
 
 
 class JobsMixin:
@@ -29,20 +36,20 @@ class JobsMixin:
     db: Database
 
     def create_job(self, task_id: str, user_id: str, kind: str, payload: Mapping[str, Any], *, priority: int = 0,
-                   idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
-        """Store a new ``queued`` job; ``(record, created)``.
+                   idempotency_key: str | None = None,
+                   event: Mapping[str, Any] | None = None) -> tuple[JobRecord, bool]:
+        """Store a new ``queued`` job (and ``event``, if given, in the same transaction); ``(record, created)``.
 
         Idempotent: the same ``task_id`` (or the same user's ``idempotency_key``) with the same payload
         returns the existing job and ``created=False``; with a different payload it raises ``Conflict``.
         """
         now = utcnow()
-        row = {"id": task_id, "kind": kind, "user_id": user_id, "status": JobStatus.QUEUED.value,
-               "priority": priority, "payload": dict(payload), "attempts": 0, "cancel_requested": False,
-               "idempotency_key": idempotency_key, "created_at": now, "updated_at": now}
         try:
             with self.db.write() as conn:
-                conn.execute(jobs.insert().values(**row))
-            return cast(JobRecord, self.get_job(task_id)), True
+                record = self._insert_job(conn, task_id, user_id, kind, payload, priority, idempotency_key, now)
+                if event is not None:
+                    conn.execute(INSERT_EVENT, {"job_id": task_id, "created_at": now, "body": dict(event)})
+            return record, True
         except exc.IntegrityError:
             pass  # the id or the idempotency key is taken: decide between "same job" and "conflict"
         existing = self.get_job(task_id)
@@ -61,11 +68,48 @@ class JobsMixin:
                            "with a different request; use a new key", field="idempotencyKey")
         return existing, False
 
+    def _insert_job(self, conn: sa.Connection, task_id: str, user_id: str, kind: str, payload: Mapping[str, Any],
+                    priority: int, idempotency_key: str | None, now: datetime) -> JobRecord:
+        conn.execute(jobs.insert(), {
+            "id": task_id, "kind": kind, "user_id": user_id, "status": JobStatus.QUEUED.value, "priority": priority,
+            "payload": dict(payload), "attempts": 0, "cancel_requested": False, "idempotency_key": idempotency_key,
+            "created_at": now, "updated_at": now})
+        return to_record(JobRecord, conn.execute(GET_JOB, {"job_id": task_id}).one())
+
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or ``None`` if there is none with this id."""
         with self.db.read() as conn:
-            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).first()
+            row = conn.execute(GET_JOB, {"job_id": job_id}).first()
         return to_record(JobRecord, row) if row else None
+
+    def claim_job(self, task_id: str, user_id: str, kind: str, payload: Mapping[str, Any], *, priority: int = 0,
+                  stale_after: float, event: Mapping[str, Any] | None = None) -> tuple[JobRecord, str]:
+        """A worker's first write for a delivery, in one transaction: the job is created ``queued`` if the
+        gateway did not create it, then an attempt starts as in ``start_attempt``. Returns the record as it
+        was before this attempt and ``"started"`` (``event`` appended), ``"busy"`` or ``"finished"``.
+
+        Raises ``Conflict`` if ``task_id`` is another user's job or another kind of job. The same user and
+        kind under the same id is the same job, even if the gateway stored the request in another normal form.
+        """
+        for last_try in (False, True):
+            now = utcnow()
+            try:
+                with self.db.write() as conn:
+                    row = conn.execute(GET_JOB, {"job_id": task_id}).first()
+                    record = (to_record(JobRecord, row) if row is not None else
+                              self._insert_job(conn, task_id, user_id, kind, payload, priority, None, now))
+                    if record.user_id != user_id or record.kind != kind:
+                        raise Conflict(f"taskId {task_id!r} is already used by a different job; use a new taskId",
+                                       field="taskId")
+                    if record.status.terminal:
+                        return record, "finished"
+                    return record, self._start_in(conn, task_id, now, stale_after, event)
+            except exc.IntegrityError:
+                # Created by someone else between our look and our insert (PostgreSQL; SQLite's BEGIN
+                # IMMEDIATE serializes writers): it exists now, so the second time round reads it.
+                if last_try:
+                    raise
+        raise AssertionError("unreachable")
 
     def list_jobs(self, user_id: str | None = None, *, kind: str | None = None, status: str | None = None,
                   cursor: str | None = None, limit: int = 50) -> Page[JobRecord]:
@@ -128,18 +172,18 @@ class JobsMixin:
         dead worker's job is taken over once its heartbeat stops. Returns ``"started"`` (``event``
         appended), ``"busy"`` (running elsewhere) or ``"finished"`` (already terminal).
         """
-        now = utcnow()
-        takeover = sa.or_(jobs.c.status == "queued",
-                          sa.and_(jobs.c.status == "processing",
-                                  jobs.c.updated_at < now - timedelta(seconds=stale_after)))
-        values = {"status": "processing", "updated_at": now, "attempts": jobs.c.attempts + 1,
-                  "started_at": sa.func.coalesce(jobs.c.started_at, now)}
         with self.db.write() as conn:
-            if conn.execute(jobs.update().where(jobs.c.id == job_id, takeover).values(**values)).rowcount:
-                if event is not None:
-                    conn.execute(events.insert().values(job_id=job_id, created_at=now, body=dict(event)))
-                return "started"
-            current = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+            return self._start_in(conn, job_id, utcnow(), stale_after, event)
+
+    def _start_in(self, conn: sa.Connection, job_id: str, now: datetime, stale_after: float,
+                  event: Mapping[str, Any] | None) -> str:
+        """``start_attempt`` inside the caller's transaction."""
+        values = {"job_id": job_id, "now": now, "stale_before": now - timedelta(seconds=stale_after)}
+        if conn.execute(START_ATTEMPT, values).rowcount:
+            if event is not None:
+                conn.execute(INSERT_EVENT, {"job_id": job_id, "created_at": now, "body": dict(event)})
+            return "started"
+        current = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
         if current is None:
             raise NotFound(f"no job {job_id!r}", field="taskId")
         return "busy" if current == "processing" else "finished"
@@ -213,3 +257,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     except (ValueError, TypeError, binascii.Error):
         raise InvalidInput("cursor is not one this API returned; start again without it",
                            code="invalid_cursor", field="cursor") from None
+
+
+# A new attempt: a queued job, or a processing one whose worker went silent (see ``start_attempt``).
+_now = sa.bindparam("now", type_=jobs.c.updated_at.type)
+START_ATTEMPT = (jobs.update()
+                 .where(jobs.c.id == _job_id,
+                        sa.or_(jobs.c.status == "queued",
+                               sa.and_(jobs.c.status == "processing",
+                                       jobs.c.updated_at < sa.bindparam("stale_before", type_=jobs.c.updated_at.type))))
+                 .values(status="processing", updated_at=_now, attempts=jobs.c.attempts + 1,
+                         started_at=sa.func.coalesce(jobs.c.started_at, _now)))

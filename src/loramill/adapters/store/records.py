@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -103,7 +104,13 @@ class Page(Generic[T]):
 def to_record(cls: type[T], row: Row[Any]) -> T:
     """Build ``cls`` from the row's columns of the same names (extra columns are ignored)."""
     mapping = row._mapping
-    values = {f.name: mapping[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {name: mapping[name] for name in _field_names(cls)}  # type: ignore[arg-type]
     if "status" in values:
         values["status"] = JobStatus(values["status"])
     return cls(**values)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    # dataclasses.fields() builds its tuple on every call; a status poll reads a record every few ms.
+    return tuple(f.name for f in dataclasses.fields(cls))

@@ -136,12 +136,12 @@ class Gateway:
                idempotency_key: str | None) -> tuple[JobRecord, bool]:
         # The store first, then the broker: a job on the queue always has a row to report on. The
         # store decides whether a repeat is the same job (returned) or a different one (Conflict).
+        # The queued event is stored with the job, in its transaction.
+        queued = JobEvent(task_id=job.task_id, user_id=who.user_id, status=JobStatus.QUEUED).to_dict()
         record, created = self.store.create_job(job.task_id, who.user_id, job.kind, job.to_payload(),
-                                                priority=job.priority, idempotency_key=idempotency_key)
+                                                priority=job.priority, idempotency_key=idempotency_key, event=queued)
         if not created:
             return record, False
-        self.store.append_event(job.task_id, JobEvent(task_id=job.task_id, user_id=who.user_id,
-                                                      status=JobStatus.QUEUED).to_dict())
         try:
             self.broker.publish_job(_json(job.to_payload()), task_id=job.task_id, priority=job.priority)
         except LoramillError as exc:
