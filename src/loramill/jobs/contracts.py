@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic_core
@@ -123,7 +123,9 @@ class _Wire(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
                               strict=True, allow_inf_nan=False, extra="allow", use_enum_values=True)
-    _ignored: list[str] = PrivateAttr(default_factory=list)
+    # A default, not default_factory=list: pydantic inspects a factory's signature on every instance
+    # (a third of parsing a job). The tuple is immutable, so sharing it is safe.
+    _ignored: Sequence[str] = PrivateAttr(default=())
 
     def model_post_init(self, context: Any) -> None:
         # extra="allow" (not "ignore") so the names can be reported; the values are dropped here.
