@@ -14,19 +14,35 @@ from typing import Any
 
 
 class InstantGenerator:
-    """Stands in for ``loramill.engine.generation.generate.Generator``: a grey image, at once."""
+    """Stands in for ``loramill.engine.generation.generate.Generator``: grey images, at once. It plans
+    and batches like the real one (the worker's ``GenerationBatcher`` calls ``plan``, ``batch_key``,
+    ``can_batch`` and ``generate_batch``); only the denoising is gone."""
 
     family_name = "sd15"
     adapters = None
+    model = "instant"
 
-    def generate(self, request: Any, progress: Any = None) -> list[Any]:
+    def plan(self, request: Any) -> Any:
+        from loramill.engine.generation.generate import Generator
+
+        return Generator.plan(self, request)  # type: ignore[arg-type]
+
+    def batch_key(self, plan: Any) -> Any:
+        return plan.batch_key
+
+    def can_batch(self, plans: list[Any]) -> bool:
+        return len({p.batch_key for p in plans}) == 1
+
+    def generate_batch(self, plans: list[Any], progress: Any = None) -> list[list[Any]]:
         from PIL import Image
 
         from loramill.engine.generation.generate import GeneratedImage
 
-        size = (request.width or 64, request.height or 64)
-        return [GeneratedImage(Image.new("RGB", size, (128, 128, 128)), request.seed + i, "instant")
-                for i in range(request.num_images)]
+        return [[GeneratedImage(Image.new("RGB", (p.width, p.height), (128, 128, 128)), p.seed + i, "instant")
+                 for i in range(p.num_images)] for p in plans]
+
+    def generate(self, request: Any, progress: Any = None) -> list[Any]:
+        return self.generate_batch([self.plan(request)], progress)[0]
 
 
 def main() -> int:

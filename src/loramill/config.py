@@ -61,6 +61,11 @@ def open_broker(config: Config, store: JobStore) -> Broker:
     from loramill.adapters.broker.rabbitmq_config import load_settings as rabbitmq_settings
 
     rabbitmq = rabbitmq_settings()
+    if config.worker.job_kinds == {"generate"} and "LORAMILL_RABBITMQ_PREFETCH_COUNT" not in os.environ:
+        # A generation-only worker holds several jobs to batch them; RabbitMQ only hands it that many
+        # if the prefetch allows. A worker that also trains keeps 1: a prefetched job would wait
+        # behind a training of hours instead of going to an idle worker.
+        rabbitmq = rabbitmq.model_copy(update={"prefetch_count": config.worker.held_deliveries})
     register_secret(rabbitmq.url)
     _check_distinct("LORAMILL_RABBITMQ_INPUT_QUEUE", rabbitmq.input_queue, "LORAMILL_RABBITMQ_OUTPUT_QUEUE",
                     rabbitmq.output_queue)

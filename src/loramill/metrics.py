@@ -31,6 +31,9 @@ TRAINING_STEP_SECONDS = Histogram("loramill_training_step_seconds", "Wall time o
                                   buckets=_STEP_BUCKETS, registry=REGISTRY)
 GENERATION_SECONDS = Histogram("loramill_generation_seconds", "Wall time of one generation request (all images).",
                                buckets=_GENERATION_BUCKETS, registry=REGISTRY)
+GENERATION_BATCH = Histogram("loramill_generation_batch_jobs",
+                             "Generation jobs rendered together in one denoising run (jobs/batching.py).",
+                             buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=REGISTRY)
 LORA_CACHE = Counter("loramill_lora_cache_requests_total",
                      "LoRA lookups by generation jobs: 'hit' (already on this worker) or 'miss' (downloaded).",
                      ["result"], registry=REGISTRY)

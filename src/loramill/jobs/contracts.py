@@ -421,9 +421,10 @@ def failed_event_for(raw: bytes | str | Mapping[str, Any], error: LoramillError)
     try:
         data = _load_object(raw)
     except InvalidInput:
-        data = _load_leniently(raw)
-        if data is None:
+        lenient = _load_leniently(raw)
+        if lenient is None:
             return None
+        data = lenient
     ids = [_id_from_int(data.get(k)) for k in ("taskId", "userId")]
     task_id, user_id = [v if isinstance(v, str) and _ID.fullmatch(v) else None for v in ids]
     if task_id is None:

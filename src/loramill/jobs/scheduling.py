@@ -69,12 +69,14 @@ class AdapterScheduler(Generic[T]):
         return job
 
     def next_batch(self, max_size: int, *, same: Callable[[T], Hashable] | None = None,
-                   size: Callable[[T], int] = lambda job: 1, resident: Iterable[Hashable] = ()) -> list[T]:
+                   size: Callable[[T], int] = lambda job: 1, fits: Callable[[list[T]], bool] | None = None,
+                   resident: Iterable[Hashable] = ()) -> list[T]:
         """Take the job to run now and, behind it, waiting jobs that can share its run, in arrival order.
 
-        Jobs share a run when ``same(job)`` is equal (default: the adapter key). The batch stops at
-        ``max_size`` units of ``size(job)`` (images, say), and never overtakes any waiting job past the
-        bound: running k later jobs together with the chosen one overtakes each older job k times.
+        Jobs share a run when ``same(job)`` is equal (default: the adapter key) and ``fits(batch)`` holds
+        for the batch with them (default: always). The batch stops at ``max_size`` units of ``size(job)``
+        (images, say), and never overtakes any waiting job past the bound: running k later jobs together
+        with the chosen one overtakes each older job k times.
         """
         if not self._waiting:
             raise IndexError("no job is waiting")
@@ -85,6 +87,8 @@ class AdapterScheduler(Generic[T]):
             if j in chosen or same(self._waiting[j][0]) != group:
                 continue
             if total + size(self._waiting[j][0]) > max_size:
+                continue
+            if fits is not None and not fits([self._waiting[i][0] for i in sorted([*chosen, j])]):
                 continue
             # Taking j overtakes every job still waiting before it; the oldest of them has been overtaken
             # most (it precedes all the others), so it alone decides whether the bound still holds.

@@ -74,7 +74,13 @@ class WorkerSettings(BaseSettings):
                                 "jobs get fewer steps, then smaller images (Prompt2Pic). Unset: always as asked")
     # The same LORAMILL_WORKERS as `loramill serve --workers` (0 there means API only), so 0 is valid here.
     workers: int = Field(1, ge=0, description="workers sharing the queue (for the load policy's wait estimate)")
-    lora_cache_size: int = Field(4, ge=1, description="LoRAs kept loaded on a resident pipeline")
+    lora_cache_size: int = Field(8, ge=1, description="LoRAs kept loaded on a resident pipeline (also the most "
+                                 "distinct LoRAs one generation batch mixes)")
+    generation_batch: int = Field(8, ge=1, description="most images one denoising run renders for generation "
+                                  "jobs that share LoRAs and settings; the worker holds twice as many generation "
+                                  "jobs (1 = one job at a time)")
+    generation_max_overtaken: int = Field(16, ge=0, description="most later jobs a queued generation job may "
+                                          "see run before it while same-LoRA jobs are grouped (0 = FIFO)")
     keep_work: bool = Field(False, description="keep a job's scratch folder after it ends (debugging)")
     log_format: str = Field("json", description="json or text")
     log_level: str = Field("INFO")
@@ -117,6 +123,14 @@ class WorkerSettings(BaseSettings):
     @property
     def job_kinds(self) -> frozenset[str]:
         return frozenset(self.jobs.split(","))
+
+    @property
+    def held_deliveries(self) -> int:
+        """Deliveries a worker holds at once: 1, or with generation batching twice the batch — one batch
+        rendering while the next gathers."""
+        if "generate" not in self.job_kinds or self.generation_batch <= 1:
+            return 1
+        return 2 * self.generation_batch
 
     @property
     def model_map(self) -> dict[str, str]:

@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from loramill.adapters.storage.base import Storage
 from loramill.adapters.store import JobStore
 from loramill.engine.progress import StopRequested
 from loramill.errors import Conflict, LoramillError, TransientError
+from loramill.jobs.batching import GenerationBatcher
 from loramill.jobs.contracts import JobEvent, failed_event_for, parse_job
 from loramill.jobs.events import Job, JobRecorder
 from loramill.jobs.handlers import checkpoints, handler_for
@@ -64,7 +66,9 @@ class Worker:
             from loramill.engine.generation.quality import LoadPolicy
 
             self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=max(1, settings.workers))
-        self.current_task: str | None = None
+        self._running: set[str] = set()  # task ids being handled now
+        self.batcher = GenerationBatcher(max_images=settings.generation_batch,
+                                         max_overtaken=settings.generation_max_overtaken)
         self.handled = 0
         self._depth_checked = 0.0
 
@@ -75,29 +79,76 @@ class Worker:
         self.shutdown.set()
 
     def run(self, max_jobs: int | None = None) -> None:
-        """Handle deliveries until stopped; a failing broker is waited out, never fatal."""
-        log.info("worker started", extra={"broker": self.broker.name, "jobs": self.settings.jobs})
+        """Handle deliveries until stopped; a failing broker is waited out, never fatal.
+
+        With generation batching on (``generation_batch`` > 1) the worker holds up to ``hold`` generation
+        deliveries at once, each handled in a thread of its own, so that their denoising can share runs
+        (jobs/batching.py). Anything else (a training, an unreadable message) runs alone: the worker
+        first lets the generations it holds finish, and takes nothing more until it is done.
+        """
+        log.info("worker started", extra={"broker": self.broker.name, "jobs": self.settings.jobs, "hold": self.hold})
+        slots = threading.Semaphore(self.hold)
+        pool = ThreadPoolExecutor(max_workers=self.hold, thread_name_prefix="job") if self.hold > 1 else None
         failures = 0
-        while not self.shutdown.is_set() and (max_jobs is None or self.handled < max_jobs):
-            try:
-                delivery = self.broker.receive(self.settings.receive_timeout)
-                failures = 0
-            except TransientError as exc:
-                failures += 1
-                wait = self.settings.retry_policy.delay(min(failures, 8))
-                log.warning("receiving failed (%s); trying again in %.1fs", exc.message, wait)
-                self.shutdown.wait(wait)
-                continue
-            if delivery is None:
-                self._observe_queue_depth()
-                continue
-            self.handled += 1
-            try:
-                self.handle(delivery)
-            except Exception:  # noqa: BLE001 - a bug in handling one message must not stop the worker
-                log.exception("handling a delivery failed unexpectedly; giving it back")
-                self._give_back(delivery)
+        try:
+            while not self.shutdown.is_set() and (max_jobs is None or self.handled < max_jobs):
+                # 1. A free slot (with batching: while every slot is busy there is nothing to take)
+                if not slots.acquire(timeout=self.settings.receive_timeout):
+                    continue
+                # 2. The next delivery, waiting out a broker outage
+                try:
+                    delivery = self.broker.receive(self.settings.receive_timeout)
+                    failures = 0
+                except TransientError as exc:
+                    slots.release()
+                    failures += 1
+                    wait = self.settings.retry_policy.delay(min(failures, 8))
+                    log.warning("receiving failed (%s); trying again in %.1fs", exc.message, wait)
+                    self.shutdown.wait(wait)
+                    continue
+                if delivery is None:
+                    slots.release()
+                    self._observe_queue_depth()
+                    continue
+                self.handled += 1
+                # 3. A generation beside the others held; anything else alone, once they have finished
+                if pool is not None and _is_generation(delivery.body):
+                    pool.submit(self._handle_in_slot, delivery, slots)
+                    continue
+                for _ in range(self.hold - 1):
+                    slots.acquire()
+                try:
+                    self._handle_safely(delivery)
+                finally:
+                    for _ in range(self.hold):
+                        slots.release()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # held generations finish (or hand back on shutdown) first
         log.info("worker stopped after %d deliveries", self.handled)
+
+    @property
+    def hold(self) -> int:
+        """Deliveries held at once (``WorkerSettings.held_deliveries``)."""
+        return self.settings.held_deliveries
+
+    @property
+    def current_task(self) -> str | None:
+        """One task this worker is running now (``None`` when idle)."""
+        return next(iter(self._running), None)
+
+    def _handle_in_slot(self, delivery: Delivery, slots: threading.Semaphore) -> None:
+        try:
+            self._handle_safely(delivery)
+        finally:
+            slots.release()
+
+    def _handle_safely(self, delivery: Delivery) -> None:
+        try:
+            self.handle(delivery)
+        except Exception:  # noqa: BLE001 - a bug in handling one message must not stop the worker
+            log.exception("handling a delivery failed unexpectedly; giving it back")
+            self._give_back(delivery)
 
     def handle(self, delivery: Delivery) -> str:
         """One delivery from message to acknowledgement; returns what became of it (``COMPLETED`` …)."""
@@ -114,7 +165,7 @@ class Worker:
                 return SKIPPED
             started = time.monotonic()
             metrics.IN_PROGRESS.labels(kind=job.kind).inc()
-            self.current_task = job.task_id
+            self._running.add(job.task_id)
             try:
                 # 3. Claim and start it (one store transaction); a job already finished only has its
                 #    stored outcome published again
@@ -135,7 +186,8 @@ class Worker:
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
                                  models=self.models, recorder=self.recorder, scratch=self._scratch(job.task_id),
-                                 shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead)
+                                 shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead,
+                                 batcher=self.batcher)
                 with self._heartbeat(job.task_id):
                     outcome, event = self._run(ctx)
                 if outcome == HANDED_BACK:
@@ -164,7 +216,7 @@ class Worker:
                 self._give_back(delivery)
                 return HANDED_BACK
             finally:
-                self.current_task = None
+                self._running.discard(job.task_id)
                 metrics.IN_PROGRESS.labels(kind=job.kind).dec()
 
     def _run(self, ctx: JobContext) -> tuple[str, JobEvent | None]:
@@ -310,3 +362,12 @@ def _is_event(body: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and "status" in data and "taskId" in data
+
+
+def _is_generation(body: bytes) -> bool:
+    """Whether ``body`` reads as a generation job (``prompt`` without ``images``, as ``parse_job`` decides)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "prompt" in data and "images" not in data

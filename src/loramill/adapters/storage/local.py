@@ -53,12 +53,18 @@ class LocalStorage(Storage):
             return path.read_bytes()
 
     def get_file(self, key: str, path: Path) -> Path:
-        """Copy the object to ``path`` (parents created) and return ``path``."""
+        """Copy the object to ``path`` (parents created) and return ``path``; a partial copy never
+        appears under ``path`` (a worker's concurrent jobs read a LoRA file as soon as it exists)."""
         source = self._path(key)
         path = Path(path)
-        with _translate(key):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, path)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        try:
+            with _translate(key):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def exists(self, key: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from PIL import Image
 from loramill import __version__
 from loramill.engine.families import detect_family, get_family
 from loramill.engine.generation.loras import AdapterCache, LoraSpec
+from loramill.engine.generation.mixed import per_image_loras
 from loramill.engine.generation.png import parameters_text, save_png
 from loramill.engine.generation.tags import extract_lora_tags, resolve_tag
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
@@ -64,10 +66,15 @@ class Plan:
     num_images: int
 
     @property
+    def settings_key(self) -> tuple[object, ...]:
+        """What every image of one denoising run shares: steps, guidance and size (prompts and seeds may
+        differ; with or without a negative prompt, FLUX runs differently)."""
+        return (self.steps, self.guidance, self.width, self.height, bool(self.negative_prompt))
+
+    @property
     def batch_key(self) -> tuple[object, ...]:
-        """Plans with equal keys can share one denoising run: the same LoRAs and weights, steps, guidance
-        and size (prompts and seeds may differ; with or without a negative prompt, FLUX runs differently)."""
-        return (self.loras, self.steps, self.guidance, self.width, self.height, bool(self.negative_prompt))
+        """Plans with equal keys can always share a run: the same settings, LoRAs and weights."""
+        return (self.loras, *self.settings_key)
 
 
 @dataclass
@@ -123,13 +130,47 @@ class Generator:
                     height=(request.height or default) // multiple * multiple,
                     seed=request.seed, num_images=request.num_images)
 
+    @property
+    def denoiser(self) -> Any:
+        """The UNet (SD 1.5, SDXL) or transformer (FLUX) of the pipeline."""
+        unet = getattr(self.pipe, "unet", None)
+        return unet if unet is not None else self.pipe.transformer
+
+    def batch_key(self, plan: Plan) -> tuple[object, ...]:
+        """Plans with equal keys may share a denoising run (``can_batch`` has the last word).
+
+        A plan with at most one LoRA that changes only the denoiser can run beside plans with other such
+        LoRAs: each image gets its own LoRA inside the batch (``mixed.per_image_loras``). Any
+        other plan shares a run only with plans of the very same LoRAs and weights.
+        """
+        if self.adapters is not None and len(plan.loras) <= 1 and all(
+                self.adapters.denoiser_only(spec.path) for spec in plan.loras):
+            return ("one denoiser LoRA per image", *plan.settings_key)
+        return plan.batch_key
+
+    def can_batch(self, plans: list[Plan]) -> bool:
+        """Whether ``plans`` can render in one run: one key, and for mixed LoRAs no more distinct files
+        than the adapter cache keeps resident, each asked with one weight."""
+        keys = {self.batch_key(p) for p in plans}
+        if len(keys) != 1:
+            return False
+        if len({p.loras for p in plans}) == 1:
+            return True
+        assert self.adapters is not None  # mixed keys exist only with an adapter cache
+        weights: dict[Path, float] = {}
+        for p in plans:
+            for spec in p.loras:
+                if weights.setdefault(spec.path, spec.weight) != spec.weight:
+                    return False
+        return len(weights) <= self.adapters.max_resident
+
     def generate(self, request: GenerateRequest, progress: ProgressCallback = no_progress) -> list[GeneratedImage]:
         """Render ``request``: resolve tags, activate its LoRAs, run the pipeline with a per-image seed."""
         return self.generate_batch([self.plan(request)], progress)[0]
 
     def generate_batch(self, plans: list[Plan], progress: ProgressCallback = no_progress
                        ) -> list[list[GeneratedImage]]:
-        """Render several plans of one ``batch_key`` in a single denoising run; the images per plan.
+        """Render plans that ``can_batch`` allows together in a single denoising run; the images per plan.
 
         Each image keeps its own seed (``seed + i`` of its plan) through its own torch generator, so an
         image is the one its plan alone would give, up to float rounding of the batched kernels.
@@ -137,12 +178,17 @@ class Generator:
         if not plans:
             return []
         first = plans[0]
-        if any(p.batch_key != first.batch_key for p in plans):
-            raise ValueError("generate_batch: plans differ in LoRAs or settings; group them by Plan.batch_key")
+        if not self.can_batch(plans):
+            raise ValueError("generate_batch: these plans cannot share a run; group them with batch_key / can_batch")
 
-        # 1. Exactly this batch's LoRAs active, with their weights.
+        # 1. Exactly this batch's LoRAs active, with their weights: one set for all, or one LoRA per image.
+        per_image: list[str] | None = None
         if self.adapters is not None:
-            self.adapters.activate(list(first.loras))
+            if len({p.loras for p in plans}) == 1:
+                self.adapters.activate(list(first.loras))
+            else:
+                names = self.adapters.activate_mixed([p.loras[0] if p.loras else None for p in plans])
+                per_image = [name for p, name in zip(plans, names, strict=True) for _ in range(p.num_images)]
 
         # 2. One prompt, negative prompt and seeded generator per image, plans one after another.
         prompts = [p.prompt for p in plans for _ in range(p.num_images)]
@@ -172,7 +218,8 @@ class Generator:
 
         started = time.monotonic()
         try:
-            with torch.inference_mode():
+            mixed = per_image_loras(self.denoiser, per_image) if per_image else nullcontext()
+            with torch.inference_mode(), mixed:
                 images = self.pipe(**kwargs, callback_on_step_end=on_step).images
         except StopRequested:
             raise

@@ -19,10 +19,14 @@ from typing import Any
 
 import torch
 
+from loramill.engine.generation.mixed import BASE
 from loramill.engine.lora.files import read_lora
 from loramill.errors import InvalidInput
 
 log = logging.getLogger(__name__)
+
+# Key prefixes of text-encoder LoRA weights in the layouts we read (kohya, diffusers, sd-scripts).
+TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "te1", "te2")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class AdapterCache:
         self.hits = 0
         self.misses = 0
         self._active: tuple[tuple[str, ...], tuple[float, ...]] | None = None  # what set_adapters last set
+        self._denoiser_only: dict[str, bool] = {}  # LoRA name → touches no text encoder (from its header)
 
     def clear(self) -> None:
         """Take every adapter out of the pipeline (training needs the bare base model); the validated
@@ -58,6 +63,44 @@ class AdapterCache:
         self._resident.clear()
         self._layouts.clear()
         self._active = None
+
+    def denoiser_only(self, path: Path) -> bool:
+        """Whether ``path``'s LoRA changes only the denoiser, so it can share a batch with other LoRAs (each
+        image's adapter is chosen per sample inside the denoiser; the prompts are encoded without LoRAs).
+        Read from the file's header alone; a file that cannot be read says no (loading it reports why)."""
+        name = adapter_name(path)
+        known = self._denoiser_only.get(name)
+        if known is None:
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    keys = list(f.keys())
+            except Exception:  # noqa: BLE001 - not a readable safetensors file: never batched with others
+                return False
+            known = not any(key.startswith(TEXT_ENCODER_PREFIXES) for key in keys)
+            self._denoiser_only[name] = known
+        return known
+
+    def activate_mixed(self, loras: list[LoraSpec | None]) -> list[str]:
+        """Make every LoRA of a mixed batch resident and active with its weight; the adapter name per
+        entry (``BASE`` for none), for ``mixed.per_image_loras``. Entries naming the same file must
+        agree on its weight, and there may be at most ``max_resident`` distinct files."""
+        weights: dict[Path, float] = {}
+        for spec in loras:
+            if spec is not None and weights.setdefault(spec.path, spec.weight) != spec.weight:
+                raise ValueError(f"activate_mixed: {spec.path.name} is asked with two weights in one batch")
+        if len(weights) > self.max_resident:
+            raise ValueError(f"activate_mixed: {len(weights)} LoRAs in one batch, at most {self.max_resident}")
+        # Least recently used first out: the ones made resident for this batch are the most recent.
+        names = {path: self._ensure_resident(path) for path in weights}
+        wanted = (tuple(names.values()), tuple(weights.values()))
+        if wanted != self._active:
+            if names:
+                self.pipe.set_adapters(list(names.values()), adapter_weights=list(weights.values()))
+                self.pipe.enable_lora()
+            self._active = wanted
+        return [names[spec.path] if spec is not None else BASE for spec in loras]
 
     def holds(self, path: Path) -> bool:
         """Whether ``path``'s LoRA is loaded in the pipeline (activating it costs no load)."""
@@ -196,7 +239,7 @@ def _layout(state: dict[str, torch.Tensor]) -> tuple[Any, ...] | None:
 
     ``None`` for LoRAs that touch a text encoder (diffusers hotswaps the denoiser only).
     """
-    if any(key.startswith(("lora_te", "text_encoder", "te_", "te1", "te2")) for key in state):
+    if any(key.startswith(TEXT_ENCODER_PREFIXES) for key in state):
         return None
     return tuple(sorted((key, tuple(value.shape), float(value) if key.endswith(".alpha") else None)
                         for key, value in state.items()))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from loramill.adapters.storage.base import Storage
     from loramill.adapters.store import JobStore
     from loramill.engine.generation.quality import LoadPolicy
+    from loramill.jobs.batching import GenerationBatcher
     from loramill.jobs.events import JobRecorder
     from loramill.jobs.handlers.models import ResidentModels
     from loramill.jobs.settings import WorkerSettings
@@ -50,6 +51,7 @@ class JobContext:
     shutdown: threading.Event
     load_policy: LoadPolicy | None = None  # quality by load for generation jobs (None: always as asked)
     jobs_ahead: Callable[[], int] = lambda: 0  # jobs waiting behind this one, where the broker can tell
+    batcher: GenerationBatcher | None = None  # shares denoising runs with the worker's other generation jobs
     stop_reason: str | None = None
     info: dict[str, object] = field(default_factory=dict)  # facts for the store and logs (resumed step…)
     _last_report: float | None = None  # None: the first report goes out at once

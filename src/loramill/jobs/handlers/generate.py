@@ -19,11 +19,13 @@ from loramill.engine.generation.generate import DEFAULT_SIZE, GenerateRequest
 from loramill.engine.generation.loras import LoraSpec
 from loramill.engine.generation.png import save_png
 from loramill.engine.generation.quality import degrade_request
+from loramill.engine.progress import Progress
 from loramill.errors import InvalidInput, NotFound
 from loramill.jobs.contracts import GenerationJob, JobEvent, Metrics
 from loramill.jobs.handlers.context import JobContext
 from loramill.jobs.handlers.models import resolve_base_model
 from loramill.jobs.status import JobStatus
+from loramill.logs import task_context
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,15 @@ def handle_generation(ctx: JobContext) -> JobEvent:
     # 4. Generate
     started = time.monotonic()
     with ctx.stage("generate"):
-        images = generator.generate(request, progress=ctx.progress)
+        if ctx.batcher is not None:
+            # Other jobs' callbacks run in whichever thread runs the batch: each logs under its own task id.
+            def progress(report: Progress) -> None:
+                with task_context(job.task_id):
+                    ctx.progress(report)
+
+            images = ctx.batcher.generate(generator, request, progress)
+        else:
+            images = generator.generate(request, progress=ctx.progress)
     elapsed = time.monotonic() - started
     metrics.GENERATION_SECONDS.observe(elapsed)
     if ctx.load_policy is not None and level is not None:
