@@ -38,6 +38,20 @@ from loramill.errors import LoramillError
 logger = logging.getLogger("loramill.broker.sql")
 q = cast(sa.Table, QueueMessage.__table__)
 
+# The statements of every job's claim and ack, built once with bound parameters (building and hashing
+# a SQLAlchemy statement per call cost as much as running it).
+_now = sa.bindparam("now", type_=q.c.available_at.type)
+_message_id = sa.bindparam("message_id", type_=q.c.id.type)
+READY = sa.and_(q.c.queue == "input", q.c.available_at <= _now,
+                sa.or_(q.c.lease_expires_at.is_(None), q.c.lease_expires_at < _now))
+PICK = sa.select(q.c.id, q.c.deliveries).where(READY).order_by(q.c.priority.desc(), q.c.created_at, q.c.id).limit(1)
+PICK_LOCKED = PICK.with_for_update(skip_locked=True)
+TAKE = (q.update().where(q.c.id == _message_id, READY)
+        .values(lease_owner=sa.bindparam("token"), lease_expires_at=sa.bindparam("expires", type_=_now.type),
+                deliveries=q.c.deliveries + 1)
+        .returning(q.c.id, q.c.task_id, q.c.body, q.c.priority, q.c.deliveries))
+ACK = q.delete().where(q.c.id == _message_id, q.c.queue == "input")
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -88,8 +102,8 @@ class SqlBroker(Broker):
     def _insert(self, queue: str, body: bytes, task_id: str, priority: int) -> None:
         now = utcnow()
         with self._db.write() as conn:
-            conn.execute(q.insert().values(queue=queue, task_id=task_id, body=bytes(body), priority=priority,
-                                           created_at=now, available_at=now, deliveries=0))
+            conn.execute(q.insert(), {"queue": queue, "task_id": task_id, "body": bytes(body), "priority": priority,
+                                      "created_at": now, "available_at": now, "deliveries": 0})
             if queue == "input":
                 self._notify(conn)
         if queue == "input":
@@ -126,26 +140,21 @@ class SqlBroker(Broker):
             conninfo = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._listener = PgListener(conninfo, self._bell, f"sql-listen-{self.worker_id}").start()
 
-    def _ready(self, now: object) -> sa.ColumnElement[bool]:
-        return sa.and_(q.c.queue == "input", q.c.available_at <= now,
-                       sa.or_(q.c.lease_expires_at.is_(None), q.c.lease_expires_at < now))
-
     def _claim(self) -> Delivery | None:
         now = utcnow()
-        ready = self._ready(now)
-        pick = (sa.select(q.c.id, q.c.deliveries).where(ready)
-                .order_by(q.c.priority.desc(), q.c.created_at, q.c.id).limit(1))
+        at = {"now": now}
+        pick = PICK
         if self._db.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
+            pick = PICK_LOCKED
         else:
             # Idle polling should not take SQLite's write lock: look first, claim only if there is work.
             with self._db.read() as conn:
-                if conn.execute(pick).first() is None:
+                if conn.execute(pick, at).first() is None:
                     return None
         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         with self._db.write() as conn:
             for _ in range(10):
-                row = conn.execute(pick).first()
+                row = conn.execute(pick, at).first()
                 if row is None:
                     return None
                 if self.max_deliveries is not None and row.deliveries >= self.max_deliveries:
@@ -155,10 +164,8 @@ class SqlBroker(Broker):
                                "or outlives its worker"))
                     logger.warning("dead-lettered message %s after %s deliveries", row.id, row.deliveries)
                     continue
-                claimed = conn.execute(
-                    q.update().where(q.c.id == row.id, ready)
-                    .values(lease_owner=token, lease_expires_at=now + self.lease, deliveries=q.c.deliveries + 1)
-                    .returning(q.c.id, q.c.task_id, q.c.body, q.c.priority, q.c.deliveries)).first()
+                claimed = conn.execute(TAKE, {"message_id": row.id, "now": now, "token": token,
+                                              "expires": now + self.lease}).first()
                 if claimed is None:
                     return None  # another worker won this one; the caller polls again
                 break
@@ -175,7 +182,7 @@ class SqlBroker(Broker):
         """The outcome is stored: delete the message, whoever holds it now (ack is final)."""
         message_id = self._release(delivery)
         with self._db.write() as conn:
-            conn.execute(q.delete().where(q.c.id == message_id, q.c.queue == "input"))
+            conn.execute(ACK, {"message_id": message_id})
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
         """Hand the job back at once (``requeue``), or dead-letter it."""
@@ -233,9 +240,9 @@ class SqlBroker(Broker):
 
     def queue_depth(self) -> int:
         """Jobs ready to be claimed now."""
-        query = sa.select(sa.func.count()).select_from(q).where(self._ready(utcnow()))
+        query = sa.select(sa.func.count()).select_from(q).where(READY)
         with self._db.read() as conn:
-            return int(conn.execute(query).scalar() or 0)
+            return int(conn.execute(query, {"now": utcnow()}).scalar() or 0)
 
     # ---- leases --------------------------------------------------------------------------------
 

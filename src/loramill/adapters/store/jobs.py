@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -141,21 +142,14 @@ class JobsMixin:
         """
         new = JobStatus(status)
         now = utcnow()
-        values: dict[str, Any] = {"status": new.value, "updated_at": now}
-        if new is JobStatus.PROCESSING:
-            values |= {"attempts": jobs.c.attempts + 1, "started_at": sa.func.coalesce(jobs.c.started_at, now)}
-        if new.terminal:
-            values["finished_at"] = now
-        for name, value in (("progress", progress), ("result", result), ("error", error), ("quality", quality)):
-            if value is not None:
-                values[name] = dict(value)
+        fields = {name: dict(value) for name, value in (("progress", progress), ("result", result),
+                                                         ("error", error), ("quality", quality)) if value is not None}
         with self.db.write() as conn:
-            moved = conn.execute(jobs.update().where(jobs.c.id == job_id,
-                                                     jobs.c.status.in_([s.value for s in sources_of(new)]))
-                                 .values(**values)).rowcount
+            moved = conn.execute(_transition_statement(new, tuple(fields)),
+                                 {"job_id": job_id, "now": now, **{f"new_{k}": v for k, v in fields.items()}}).rowcount
             if moved:
                 if event is not None:
-                    conn.execute(events.insert().values(job_id=job_id, created_at=now, body=dict(event)))
+                    conn.execute(INSERT_EVENT, {"job_id": job_id, "created_at": now, "body": dict(event)})
                 return True
             current = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
         if current is None:
@@ -268,3 +262,17 @@ START_ATTEMPT = (jobs.update()
                                        jobs.c.updated_at < sa.bindparam("stale_before", type_=jobs.c.updated_at.type))))
                  .values(status="processing", updated_at=_now, attempts=jobs.c.attempts + 1,
                          started_at=sa.func.coalesce(jobs.c.started_at, _now)))
+
+
+@functools.cache
+def _transition_statement(new: JobStatus, fields: tuple[str, ...]) -> sa.Update:
+    """The UPDATE of ``transition`` to ``new`` setting ``fields`` (one per combination, built once)."""
+    values: dict[str, Any] = {"status": new.value, "updated_at": _now}
+    if new is JobStatus.PROCESSING:
+        values |= {"attempts": jobs.c.attempts + 1, "started_at": sa.func.coalesce(jobs.c.started_at, _now)}
+    if new.terminal:
+        values["finished_at"] = _now
+    for name in fields:  # bound as new_<name>: SQLAlchemy reserves a column's own name for its SET clause
+        values[name] = sa.bindparam(f"new_{name}", type_=jobs.c[name].type)
+    return (jobs.update().where(jobs.c.id == _job_id, jobs.c.status.in_([s.value for s in sources_of(new)]))
+            .values(**values))
