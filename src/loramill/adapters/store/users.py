@@ -24,6 +24,9 @@ users = cast(sa.Table, User.__table__)
 api_keys = cast(sa.Table, ApiKey.__table__)
 KEY_PREFIX = "lm_"
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
+# Every API request runs this lookup: built once (building and hashing it cost more than running it).
+KEYS_BY_PREFIX = (sa.select(api_keys.c.key_hash, users).join(users, users.c.id == api_keys.c.user_id)
+                  .where(api_keys.c.prefix == sa.bindparam("prefix"), api_keys.c.revoked_at.is_(None)))
 
 
 def hash_key(plaintext: str) -> str:
@@ -85,10 +88,8 @@ class UsersMixin:
         """The user owning this (unrevoked) key, or ``None``. Compares hashes in constant time."""
         prefix = plaintext[len(KEY_PREFIX):].split("_", 1)[0] if plaintext.startswith(KEY_PREFIX) else ""
         given = hash_key(plaintext)
-        query = (sa.select(api_keys.c.key_hash, users).join(users, users.c.id == api_keys.c.user_id)
-                 .where(api_keys.c.prefix == prefix[:16], api_keys.c.revoked_at.is_(None)))
         with self.db.read() as conn:
-            rows = conn.execute(query).all() if prefix else []
+            rows = conn.execute(KEYS_BY_PREFIX, {"prefix": prefix[:16]}).all() if prefix else []
         if not rows:
             hmac.compare_digest(given, _DUMMY_HASH)  # an unknown key takes as long as a wrong one
         found = None
