@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -22,11 +23,13 @@ class GatedGenerator:
     """Stands in for the engine's ``Generator``: counts loads and blocks each one until ``release`` is set."""
 
     loads = 0
+    collector_on: list[bool] = []
     entered = threading.Event()
     release = threading.Event()
 
     def __init__(self, model: str, **_: Any) -> None:
         type(self).loads += 1
+        type(self).collector_on.append(gc.isenabled())
         type(self).entered.set()
         assert type(self).release.wait(30), "the test never released the load"
         self.model, self.family_name, self.adapters = model, "sd15", None
@@ -36,7 +39,7 @@ class GatedGenerator:
 def gated(monkeypatch: pytest.MonkeyPatch) -> type[GatedGenerator]:
     import loramill.engine.generation.generate as generate
 
-    GatedGenerator.loads = 0
+    GatedGenerator.loads, GatedGenerator.collector_on = 0, []
     GatedGenerator.entered, GatedGenerator.release = threading.Event(), threading.Event()
     monkeypatch.setattr(generate, "Generator", GatedGenerator)
     return GatedGenerator
@@ -110,3 +113,24 @@ def test_preload_only_model_configured_when_no_default_is_named(gated: type[Gate
     thread.join(timeout=30)
 
     assert models.is_loaded(BaseModel("sd15", "/models/sd15")) and gated.loads == 1
+
+
+class BrokenGenerator:
+    def __init__(self, model: str, **_: Any) -> None:
+        assert not gc.isenabled()
+        raise OSError("disk went away")
+
+
+def test_pause_garbage_collector_while_loading_and_resume_after(gated: type[GatedGenerator],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gc.isenabled()
+    gated.release.set()
+    ResidentModels().generator(BaseModel("sd15", "/models/sd15"))
+    assert gated.collector_on == [False] and gc.isenabled()
+
+    import loramill.engine.generation.generate as generate
+
+    monkeypatch.setattr(generate, "Generator", BrokenGenerator)
+    with pytest.raises(OSError):
+        ResidentModels().generator(BaseModel("sd15", "/models/sd15"))
+    assert gc.isenabled()  # a failed load resumes it too

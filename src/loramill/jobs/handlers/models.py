@@ -21,6 +21,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,8 +108,6 @@ class ResidentModels:
         return thread
 
     def _generator(self, model: BaseModel) -> Generator:
-        from loramill.engine.generation.generate import Generator
-
         if model.path in self._loaded:
             self._loaded.move_to_end(model.path)
             return self._loaded[model.path]
@@ -117,7 +117,10 @@ class ResidentModels:
             gc.collect()
             _empty_cuda_cache()
         started = time.monotonic()
-        generator = Generator(model.path, max_resident_loras=self.lora_cache_size)
+        with gc_paused():
+            from loramill.engine.generation.generate import Generator
+
+            generator = Generator(model.path, max_resident_loras=self.lora_cache_size)
         if generator.family_name is None:
             raise InvalidInput(f"baseModel: {model.name!r} is not an SD 1.5, SDXL or FLUX.1 model, so LoRAs cannot "
                                "be trained or applied on it", code="unsupported_model", field="baseModel")
@@ -157,6 +160,37 @@ def preload_default(models: ResidentModels, settings: WorkerSettings) -> threadi
     except InvalidInput:
         return None  # no default: every job names its model, and there is no telling which comes first
     return models.preload(model)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a model loads (and its libraries are imported).
+
+    That creates hundreds of thousands of long-lived objects, and every full collection meanwhile
+    rescanned all of them: 0.4–1.3 s of a 5 s cold start on the tiny model. Reference counting still
+    frees whatever is not in a cycle; the collector resumes when the last load in progress ends.
+    """
+    with _GcPause.lock:
+        if _GcPause.loads == 0:
+            _GcPause.resume = gc.isenabled()
+            gc.disable()
+        _GcPause.loads += 1
+    try:
+        yield
+    finally:
+        with _GcPause.lock:
+            _GcPause.loads -= 1
+            if _GcPause.loads == 0 and _GcPause.resume:
+                gc.enable()
+
+
+class _GcPause:
+    """Loads in progress in this process (``loramill serve`` runs several workers, each with its own
+    models), and whether the collector was on before the first of them began."""
+
+    lock = threading.Lock()
+    loads = 0
+    resume = False
 
 
 def _empty_cuda_cache() -> None:
