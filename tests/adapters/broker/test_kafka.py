@@ -11,7 +11,14 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from loramill.adapters.broker.kafka import ORIGIN_HEADER, REASON_HEADER, KafkaBroker
-from loramill.adapters.broker.kafka_config import KafkaSettings, client_config, load_settings, redacted
+from loramill.adapters.broker.kafka_config import (
+    KafkaSettings,
+    client_config,
+    job_consumer_config,
+    load_settings,
+    producer_config,
+    redacted,
+)
 from loramill.errors import InvalidInput, TransientError
 from tests.adapters.broker.conformance import BEHAVIOURS, Behaviour, BrokerHarness, run_behaviour, selfix_job
 from tests.services.kafka import TansuBroker
@@ -256,6 +263,18 @@ def test_build_client_config_with_sasl_from_env(
     logging.getLogger("loramill.test").warning("config %s settings %r", redacted(config), settings)
     for shown in (repr(settings), str(settings), caplog.text):
         assert "hunter2-secret" not in shown
+
+
+def test_build_worker_clients_that_do_not_wait_on_idle_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = KafkaSettings()
+    assert producer_config(settings)["linger.ms"] == 0  # every publish waits for its own report anyway
+    assert job_consumer_config(settings)["fetch.wait.max.ms"] == 10  # brokers that hold a fetch to its end
+    assert settings.topic_partitions == 16  # a worker holds one job per partition
+
+    tuned = KafkaSettings(extra_config={"linger.ms": 20, "fetch.wait.max.ms": 500})
+    assert producer_config(tuned)["linger.ms"] == 20 and job_consumer_config(tuned)["fetch.wait.max.ms"] == 500
+    monkeypatch.setenv("LORAMILL_KAFKA_FETCH_WAIT_MAX_MS", "100")
+    assert job_consumer_config(load_settings())["fetch.wait.max.ms"] == 100
 
 
 def test_reject_sasl_without_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,9 +53,16 @@ class KafkaSettings(BaseSettings):
     # job on a partition that stays is not revoked (eager strategies revoke everything each time).
     assignment_strategy: str = "cooperative-sticky"
     poll_seconds: float = Field(0.2, gt=0, description="How long one poll() of the background loop waits.")
+    # How long the broker may hold the workers' fetch when the partition has nothing new. Kafka answers
+    # as soon as a message arrives, so there this only sets how often an idle worker asks (100/s at 10 ms;
+    # raise it for very many workers); some Kafka-protocol brokers (tansu) answer only when it runs out,
+    # and librdkafka's 500 ms default then made every job wait 250 ms on average.
+    fetch_wait_max_ms: int = Field(10, ge=0, le=300_000)
     publish_timeout_seconds: float = Field(30.0, gt=0)
     create_topics: bool = Field(True, description="Create missing topics (input, output, dead-letter).")
-    topic_partitions: int = Field(3, ge=1)
+    # A worker holds at most one job per partition (kafka_consumer): the input topic needs as many
+    # partitions as all workers together hold jobs (LORAMILL_GENERATION_BATCH batches up to 2 x 8 each).
+    topic_partitions: int = Field(16, ge=1)
     topic_replication_factor: int = Field(-1, description="-1: the broker's default.")
     extra_config: dict[str, Any] = Field(
         default_factory=dict, description="More librdkafka properties, as JSON in the environment."
@@ -129,12 +136,17 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
 
 def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     """A producer that does not lose or duplicate a job when a broker hiccups."""
-    return {
+    config = {
         **client_config(settings),
         "acks": "all",
         "enable.idempotence": True,
         "message.timeout.ms": int(settings.publish_timeout_seconds * 1000),
     }
+    # Each publish waits for its own delivery report, so there is never a batch to gather: librdkafka's
+    # 5 ms linger only delayed every job and event by 5 ms. (extra_config may still set it.)
+    if "linger.ms" not in config and "queue.buffering.max.ms" not in config:
+        config["linger.ms"] = 0
+    return config
 
 
 def job_consumer_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -151,6 +163,7 @@ def job_consumer_config(settings: KafkaSettings) -> dict[str, Any]:
     }
     if settings.heartbeat_interval_ms is not None:
         config["heartbeat.interval.ms"] = settings.heartbeat_interval_ms
+    config.setdefault("fetch.wait.max.ms", settings.fetch_wait_max_ms)  # extra_config wins
     return config
 
 

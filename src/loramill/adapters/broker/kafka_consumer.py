@@ -8,6 +8,11 @@ goes on, keeping the consumer in the group for as long as the job takes. A confl
 used from one thread only, so ``commit`` / ``give_back`` are commands the loop runs between polls.
 
 At most one message per partition is in flight, which also keeps per-partition (per-task) order.
+
+Settling is on the path of every job, so it is kept short: while messages are held the loop polls in
+short slices (an ack waits for the current poll to return), and an ack commits and resumes without a
+seek — after a pause librdkafka resumes right after the last message it handed out, which is where the
+commit points — unless a message of that partition was fetched and dropped while it was held.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class HeldMessage:
     redelivered: bool = False
     lost: bool = False  # set when its partition is revoked: committing it would be wrong now
     seq: int = 0  # tells apart two deliveries of the same offset (a redelivery after revocation)
+    held_at: float = 0.0  # time.monotonic() when it was handed out
 
     @property
     def position(self) -> str:
@@ -62,9 +68,10 @@ class JobConsumer:
         self._poll_seconds = poll_seconds
         self._inbox: queue.Queue[HeldMessage] = queue.Queue()
         self._commands: queue.Queue[tuple[Callable[[Consumer], Any], Future[Any]]] = queue.Queue()
-        # Only the poll thread reads or writes these two.
+        # Only the poll thread reads or writes these three.
         self._held: dict[int, HeldMessage] = {}
         self._returned: set[tuple[int, int]] = set()
+        self._overfetched: set[int] = set()  # held partitions whose position moved past the held message
         self._seq = itertools.count(1)
         self._stop = threading.Event()
         self._failure: BaseException | None = None
@@ -114,7 +121,7 @@ class JobConsumer:
             )
             while not self._stop.is_set():
                 self._run_commands(consumer)
-                message = consumer.poll(self._poll_seconds)
+                message = consumer.poll(self._poll_timeout())
                 if message is None:
                     continue
                 error = message.error()
@@ -139,6 +146,7 @@ class JobConsumer:
         if partition in self._held:
             # Fetched just before the pause took effect; settling the held message seeks explicitly,
             # so this one is fetched again then.
+            self._overfetched.add(partition)
             return
         consumer.pause([TopicPartition(self._topic, partition)])
         key = message.key()
@@ -151,6 +159,7 @@ class JobConsumer:
             headers=_headers(message),
             redelivered=(partition, offset) in self._returned,
             seq=next(self._seq),
+            held_at=time.monotonic(),
         )
         self._returned.discard((partition, offset))
         self._held[partition] = held
@@ -164,12 +173,24 @@ class JobConsumer:
             consumer.commit(offsets=[tp], asynchronous=False)
         else:
             self._returned.add((held.partition, held.offset))
-        # Seek explicitly: resume() alone continues after the last message handed to us, which
-        # would skip the message on a give-back.
-        consumer.seek(tp)
+        # resume() alone continues after the last message handed to us: right for an ack, unless a later
+        # message was fetched (and dropped) while this one was held; a give-back must go back to it.
+        # A seek restarts the partition's fetch, so it is only done when needed.
+        if not commit or held.partition in self._overfetched:
+            consumer.seek(tp)
+        self._overfetched.discard(held.partition)
         consumer.resume([TopicPartition(self._topic, held.partition)])
         del self._held[held.partition]
         return True
+
+    def _poll_timeout(self) -> float:
+        """How long the next poll may wait. A settle command runs only once the poll returns, so while
+        messages are held the wait is a twentieth of the oldest one's age (its ack waits ~5% of its job's
+        time, a few ms for a quick generation), at least 1 ms and at most ``poll_seconds``."""
+        if not self._held:
+            return self._poll_seconds
+        oldest = min(h.held_at for h in self._held.values())
+        return min(self._poll_seconds, max(0.001, (time.monotonic() - oldest) / 20))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._cooperative:
@@ -189,6 +210,7 @@ class JobConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             held = self._held.pop(tp.partition, None)
+            self._overfetched.discard(tp.partition)
             if held is None:
                 continue
             held.lost = True
