@@ -18,8 +18,12 @@ _bearer = HTTPBearer(auto_error=False, description="an API key from `loramill ke
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same key, as a header")
 
 
-def get_gateway(request: Request) -> Gateway:
-    """The app's ``Gateway`` (built once in ``create_app``)."""
+async def get_gateway(request: Request) -> Gateway:
+    """The app's ``Gateway`` (built once in ``create_app``).
+
+    ``async`` although it awaits nothing: FastAPI runs a plain ``def`` dependency in its thread pool, and
+    that hop, on every request, cost a tenth of a status poll.
+    """
     gateway: Gateway = request.app.state.gateway
     return gateway
 
