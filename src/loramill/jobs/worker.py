@@ -187,7 +187,7 @@ class Worker:
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
                                  models=self.models, recorder=self.recorder, scratch=self._scratch(job.task_id),
                                  shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead,
-                                 batcher=self.batcher)
+                                 batcher=self.batcher, queued_at=record.created_at)
                 with self._heartbeat(job.task_id):
                     outcome, event = self._run(ctx)
                 if outcome == HANDED_BACK:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -52,6 +53,7 @@ class JobContext:
     load_policy: LoadPolicy | None = None  # quality by load for generation jobs (None: always as asked)
     jobs_ahead: Callable[[], int] = lambda: 0  # jobs waiting behind this one, where the broker can tell
     batcher: GenerationBatcher | None = None  # shares denoising runs with the worker's other generation jobs
+    queued_at: datetime | None = None  # when the job store first saw the job (the quality policy counts the wait)
     stop_reason: str | None = None
     info: dict[str, object] = field(default_factory=dict)  # facts for the store and logs (resumed step…)
     _last_report: float | None = None  # None: the first report goes out at once

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from loramill import metrics
@@ -57,7 +58,9 @@ def handle_generation(ctx: JobContext) -> JobEvent:
     level = None
     if ctx.load_policy is not None and generator.family_name is not None:
         family = get_family(generator.family_name)
-        level = ctx.load_policy.level_for(ctx.jobs_ahead())
+        # Counting how long it already waited keeps the last jobs of a burst from getting full quality late.
+        waited = (datetime.now(UTC) - ctx.queued_at).total_seconds() if ctx.queued_at else 0.0
+        level = ctx.load_policy.level_for(ctx.jobs_ahead(), waited)
         request = degrade_request(request, level, default_steps=family.DEFAULT_STEPS,
                                   default_size=DEFAULT_SIZE[generator.family_name],
                                   multiple=family.RESOLUTION_MULTIPLE)
