@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -182,6 +183,24 @@ def test_receive_one_partitions_jobs_in_order_once(make_kafka: Callable[..., Kaf
             received.append(delivery.body)
             broker.ack(delivery)
         assert received == bodies
+    finally:
+        broker.close()
+
+
+def test_publish_from_many_threads_at_once(make_kafka: Callable[..., KafkaBroker], kafka_bootstrap: str) -> None:
+    # The API publishes from its thread pool: every publish must get its own delivery report.
+    broker = make_kafka("many-publishers")
+    try:
+        bodies = [selfix_job(f"task-{n}") for n in range(40)]
+        threads = [threading.Thread(target=lambda part=bodies[i::8]: [broker.publish_job(b, task_id="t") for b in part])
+                   for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads)
+        found = read_topic(kafka_bootstrap, broker.settings.topic_input, len(bodies))
+        assert sorted(body for body, _ in found) == sorted(bodies)
     finally:
         broker.close()
 
