@@ -1,5 +1,5 @@
-"""The Kafka job consumer's settle path, against a stand-in consumer that records what it is asked to do
-(the whole broker against tansu is in test_kafka.py)."""
+"""The Kafka job consumer's settle path and poll pace, against a stand-in consumer that records what it is
+asked to do (the whole broker against tansu is in test_kafka.py)."""
 
 from __future__ import annotations
 
@@ -35,27 +35,16 @@ def _holding(offset: int = 7, partition: int = 2) -> tuple[JobConsumer, HeldMess
     return consumer, held
 
 
-def test_ack_commits_and_resumes_without_restarting_the_fetch() -> None:
-    consumer, held = _holding()
-    kafka = RecordingConsumer()
-
-    assert consumer._settle(kafka, held, held.offset + 1, commit=True)  # type: ignore[arg-type]
-
-    assert kafka.calls == [("commit", 8), ("resume", 2)]
-    assert 2 not in consumer._held
-
-
 @pytest.mark.parametrize("commit", [True, False], ids=["ack", "give-back"])
-def test_settle_seeks_when_the_position_is_not_the_one_wanted(commit: bool) -> None:
+def test_settle_commits_an_ack_and_seeks_before_resuming(commit: bool) -> None:
     consumer, held = _holding()
     kafka = RecordingConsumer()
-    if commit:
-        consumer._overfetched.add(2)  # a later message of the partition was fetched, then dropped
 
-    consumer._settle(kafka, held, held.offset + 1 if commit else held.offset, commit=commit)  # type: ignore[arg-type]
+    assert consumer._settle(kafka, held, held.offset + 1 if commit else held.offset, commit=commit)  # type: ignore[arg-type]
 
-    assert ("seek", 8 if commit else 7) in kafka.calls and kafka.calls[-1] == ("resume", 2)
-    assert 2 not in consumer._overfetched
+    expected = [("commit", 8), ("seek", 8)] if commit else [("seek", 7)]
+    assert kafka.calls == [*expected, ("resume", 2)]
+    assert 2 not in consumer._held
 
 
 def test_poll_waits_briefly_while_a_quick_job_is_held() -> None:
