@@ -1,12 +1,17 @@
-"""``JobRecorder`` (jobs/events.py): the running jobs' heartbeat, and the store-first order of a job's life."""
+"""``JobRecorder`` (jobs/events.py): the running jobs' heartbeat, and storing a finished job's outcome."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+
+from loramill.errors import TransientError
+from loramill.jobs.contracts import JobEvent
 from loramill.jobs.events import JobRecorder
 from loramill.jobs.retry import RetryPolicy
+from loramill.jobs.status import JobStatus
 
 
 class CountingStore:
@@ -41,3 +46,38 @@ def test_beating_touches_every_running_job_from_one_thread_until_they_end() -> N
 
     with recorder.beating("c", every=0.02):  # a later job gets a new thread
         assert _wait_for(lambda: store.touched.get("c", 0) >= 1)
+
+
+class FlakyStore:
+    """A store whose ``transition`` fails ``outage`` times (a database restarting), then works."""
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        self.calls = 0
+
+    def transition(self, *args: object, **kwargs: object) -> bool:
+        self.calls += 1
+        if self.calls <= self.outage:
+            raise TransientError("database is unavailable")
+        return True
+
+
+class Published:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def publish_event(self, body: bytes, *, task_id: str) -> None:
+        self.bodies.append(body)
+
+
+def test_finish_outlasts_an_outage_longer_than_other_calls_are_retried() -> None:
+    # Giving up on storing a finished job's outcome means running the job again.
+    store, broker = FlakyStore(outage=6), Published()
+    recorder = JobRecorder(store, broker, None, RetryPolicy(4, 0.001, 0.001))  # type: ignore[arg-type]
+    event = JobEvent(task_id="t-1", user_id="u-1", status=JobStatus.COMPLETED)
+
+    published = recorder.finish(event)
+
+    assert published.status == "completed" and store.calls == 7 and len(broker.bodies) == 1
+    with pytest.raises(TransientError):  # an outage past the longer budget still ends in a hand-back
+        JobRecorder(FlakyStore(outage=100), broker, None, RetryPolicy(4, 0.001, 0.001)).finish(event)  # type: ignore[arg-type]

@@ -143,8 +143,13 @@ class JobRecorder:
         status = JobStatus(event.status)
         result = event.to_dict() if status is JobStatus.COMPLETED else None
         error = event.error.model_dump() if event.error is not None else None
-        moved = self.io("store.transition", lambda: self.store.transition(
-            event.task_id, status, result=result, error=error, event=event.to_dict()))
+        # The job has run: giving up here means running it all again, so the outcome gets twice the
+        # tries of any other call (with full jitter a store restart of a few seconds could outlast the
+        # usual budget). A shutdown still stops the waiting at once.
+        patient = RetryPolicy(2 * self.policy.attempts, self.policy.base, self.policy.cap)
+        moved = retrying("store.transition", lambda: self.store.transition(
+            event.task_id, status, result=result, error=error, event=event.to_dict()), patient,
+            should_stop=self.should_stop)
         if not moved:
             record = self.io("store.get_job", lambda: self.store.get_job(event.task_id))
             if record is not None and JobStatus(record.status).terminal:
