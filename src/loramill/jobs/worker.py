@@ -185,7 +185,7 @@ class Worker:
                          extra={"kind": job.kind, "attempt": record.attempts + 1, "redelivered": delivery.redelivered})
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
-                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job.task_id),
+                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job),
                                  shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead,
                                  batcher=self.batcher, queued_at=record.created_at)
                 with self._heartbeat(job.task_id):
@@ -324,10 +324,12 @@ class Worker:
             except LoramillError as exc:  # only costs space; the next cleanup pass can take it
                 log.warning("checkpoints of the finished job not deleted: %s", exc.message)
 
-    def _scratch(self, task_id: str) -> Path:
-        folder = self.settings.work_dir / "jobs" / task_id
-        shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's leftovers; its checkpoint is in storage
-        folder.mkdir(parents=True)
+    def _scratch(self, job: Job) -> Path:
+        """The job's scratch folder, emptied; a generation job writes nothing there, so it is not made."""
+        folder = self.settings.work_dir / "jobs" / job.task_id
+        if job.kind == "train":
+            shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's leftovers; its checkpoint is in storage
+            folder.mkdir(parents=True)
         return folder
 
     def _jobs_ahead(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,15 @@ def parameters_text(prompt: str, negative_prompt: str, settings: dict[str, Any])
 
 
 def save_png(image: Image.Image, path: Path, parameters: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(image, parameters))
+    return path
+
+
+def png_bytes(image: Image.Image, parameters: str) -> bytes:
+    """The PNG of ``image`` with its ``parameters`` chunk, in memory (a worker uploads it as it is)."""
     info = PngInfo()
     info.add_text("parameters", parameters)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()

@@ -18,7 +18,7 @@ from loramill import metrics
 from loramill.engine.families import get_family
 from loramill.engine.generation.generate import DEFAULT_SIZE, GenerateRequest
 from loramill.engine.generation.loras import LoraSpec
-from loramill.engine.generation.png import save_png
+from loramill.engine.generation.png import png_bytes
 from loramill.engine.generation.quality import degrade_request
 from loramill.engine.progress import Progress
 from loramill.errors import InvalidInput, NotFound
@@ -90,8 +90,8 @@ def handle_generation(ctx: JobContext) -> JobEvent:
     with ctx.stage("upload"):
         for n, image in enumerate(images):
             key = image_key(job.user_id, job.task_id, n)
-            local = save_png(image.image, ctx.scratch / f"{n}.png", image.parameters)
-            ctx.io("storage.put_file", lambda key=key, local=local: ctx.storage.put_file(key, local, "image/png"))  # type: ignore[misc]
+            data = png_bytes(image.image, image.parameters)
+            ctx.io("storage.put_bytes", lambda key=key, data=data: ctx.storage.put_bytes(key, data, "image/png"))  # type: ignore[misc]
             paths.append(key)
             url = ctx.io("storage.url", lambda key=key: ctx.storage.url(key))  # type: ignore[misc]
             if url is not None:
