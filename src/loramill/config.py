@@ -49,7 +49,9 @@ def open_broker(config: Config, store: JobStore) -> Broker:
     """The broker ``LORAMILL_BROKER`` names; the ``sql`` broker shares the job store's database."""
     kind = config.worker.broker
     if kind == "sql":
-        return make_broker("sql", store_or_url=store, lease_seconds=config.worker.sql_lease_seconds)
+        retention = config.worker.sql_event_retention_seconds
+        return make_broker("sql", store_or_url=store, lease_seconds=config.worker.sql_lease_seconds,
+                           event_retention_seconds=retention or None)
     if kind == "kafka":
         from loramill.adapters.broker.kafka_config import load_settings as kafka_settings
 

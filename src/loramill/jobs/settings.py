@@ -58,6 +58,8 @@ class WorkerSettings(BaseSettings):
                                      "running elsewhere, so a duplicate copy is handed back, not run")
     sql_lease_seconds: float = Field(60.0, gt=0, description="sql broker: a dead worker's job is redelivered "
                                                                "after this long")
+    sql_event_retention_seconds: float = Field(86400.0, ge=0, description="sql broker: events nobody consumed are "
+                                               "deleted after this long (0 = keep them all)")
     retry_attempts: int = Field(5, ge=1, description="tries of a storage/broker/database call before giving up")
     retry_base_seconds: float = Field(0.5, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,26 @@ def test_stream_of_jobs_each_delivered_once(make_broker: MakeBroker) -> None:
     print(f"sql broker ({worker.store.dialect}): {rate:.0f} jobs/s, p50 {statistics.median(latencies) * 1000:.1f} ms")
     assert len(seen) == len(set(seen)) == 150
     assert worker.receive(timeout=0.05) is None, "nothing may be delivered twice"
+
+
+def test_unconsumed_events_older_than_the_retention_are_swept(make_broker: MakeBroker) -> None:
+    """Nobody reads the event queue inside ``loramill serve``; old events go instead of piling up."""
+    import sqlalchemy as sa
+
+    from loramill.adapters.broker.sql import q
+    from loramill.adapters.store.models import utcnow
+
+    broker = make_broker(event_retention_seconds=3600)
+    broker.publish_event(b'{"taskId": "old"}', task_id="old")
+    with broker.store.db.write() as conn:  # published two hours ago
+        conn.execute(q.update().where(q.c.task_id == "old").values(created_at=utcnow() - timedelta(hours=2)))
+    broker.publish_event(b'{"taskId": "new"}', task_id="new")  # within a minute of the last sweep: kept
+    assert broker.sweep_events() == 1
+    assert broker.consume_events(0.1) == [b'{"taskId": "new"}']
+    keep_all = make_broker(event_retention_seconds=None)
+    keep_all.publish_event(b'{"taskId": "x"}', task_id="x")
+    with keep_all.store.db.write() as conn:
+        conn.execute(q.update().where(q.c.task_id == "x").values(created_at=utcnow() - timedelta(days=30)))
+        assert conn.execute(sa.select(sa.func.count()).select_from(q).where(q.c.queue == "output")).scalar() == 1
+    assert keep_all.sweep_events() == 0
+    assert keep_all.consume_events(0.1) == [b'{"taskId": "x"}']

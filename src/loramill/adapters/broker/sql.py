@@ -51,6 +51,7 @@ TAKE = (q.update().where(q.c.id == _message_id, READY)
                 deliveries=q.c.deliveries + 1)
         .returning(q.c.id, q.c.task_id, q.c.body, q.c.priority, q.c.deliveries))
 ACK = q.delete().where(q.c.id == _message_id, q.c.queue == "input")
+SWEEP_EVERY = 60.0  # seconds between two sweeps of old events
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class SqlBroker(Broker):
 
     def __init__(self, store_or_url: JobStore | str | None = None, *, lease_seconds: float = 60.0,
                  worker_id: str | None = None, max_deliveries: int | None = 10, poll_min: float = 0.005,
-                 poll_max: float = 0.2) -> None:
+                 poll_max: float = 0.2, event_retention_seconds: float | None = 86400.0) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         self._own_store = not isinstance(store_or_url, JobStore)
@@ -88,6 +89,10 @@ class SqlBroker(Broker):
         self._heartbeat: threading.Thread | None = None
         self._bell = doorbell_for(self._db)
         self._listener: PgListener | None = None
+        # Events nobody consumes (``loramill serve`` reads outcomes from the job store, not from here)
+        # would pile up forever; older ones are swept as new ones are published. None keeps them all.
+        self.event_retention = None if event_retention_seconds is None else timedelta(seconds=event_retention_seconds)
+        self._swept_at = 0.0
 
     # ---- publishing ----------------------------------------------------------------------------
 
@@ -96,8 +101,22 @@ class SqlBroker(Broker):
         self._insert("input", body, task_id, int(priority))
 
     def publish_event(self, body: bytes, *, task_id: str) -> None:
-        """Queue an event for ``consume_events``."""
+        """Queue an event for ``consume_events`` (kept ``event_retention_seconds`` if nobody takes it)."""
         self._insert("output", body, task_id, 0)
+        if self.event_retention is not None and time.monotonic() - self._swept_at >= SWEEP_EVERY:
+            self._swept_at = time.monotonic()
+            self.sweep_events()
+
+    def sweep_events(self) -> int:
+        """Delete events older than the retention; how many went."""
+        if self.event_retention is None:
+            return 0
+        with self._db.write() as conn:
+            gone = conn.execute(q.delete().where(q.c.queue == "output",
+                                                 q.c.created_at < utcnow() - self.event_retention)).rowcount
+        if gone:
+            logger.info("dropped %d unconsumed event(s) older than %s", gone, self.event_retention)
+        return int(gone or 0)
 
     def _insert(self, queue: str, body: bytes, task_id: str, priority: int) -> None:
         now = utcnow()
