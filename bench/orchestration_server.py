@@ -33,6 +33,9 @@ class InstantGenerator:
     def can_batch(self, plans: list[Any]) -> bool:
         return len({p.batch_key for p in plans}) == 1
 
+    def fit_together(self, plans: list[Any]) -> bool:
+        return True
+
     def generate_batch(self, plans: list[Any], progress: Any = None) -> list[list[Any]]:
         from PIL import Image
 

@@ -40,6 +40,9 @@ class FakeGenerator:
     def can_batch(self, plans: list[Plan]) -> bool:
         return len({p.batch_key for p in plans}) == 1
 
+    def fit_together(self, plans: list[Plan]) -> bool:
+        return True
+
     def generate_batch(self, plans: list[Plan], progress: Any) -> list[list[GeneratedImage]]:
         self.runs.append([p.prompt for p in plans])
         self.started.set()

@@ -39,16 +39,12 @@ class _Waiting:
     generator: Generator
     plan: Plan
     progress: ProgressCallback
+    adapters: Hashable  # its pipeline and LoRA set: what the scheduler groups by
+    batch_key: Hashable  # which others it may share a run with
     images: list[GeneratedImage] | None = None
     error: BaseException | None = None
     done: bool = False
     stopped: bool = False  # its own progress callback asked to stop (cancel, shutdown)
-
-    @property
-    def adapters(self) -> Hashable:
-        return (id(self.generator), adapter_key(spec.path for spec in self.plan.loras))
-
-    batch_key: Hashable = None  # which others it may share a run with (set when it is queued)
 
 
 class GenerationBatcher:
@@ -70,7 +66,8 @@ class GenerationBatcher:
         """Render ``request`` on ``generator``, in a batch with other waiting requests where they fit."""
         # 1. Resolve it here, in the caller's thread: a bad request fails alone, before it waits.
         plan = generator.plan(request)
-        me = _Waiting(generator, plan, progress, batch_key=(id(generator), generator.batch_key(plan)))
+        me = _Waiting(generator, plan, progress, adapters=(id(generator), adapter_key(s.path for s in plan.loras)),
+                      batch_key=(id(generator), generator.batch_key(plan)))
         with self._changed:
             self._scheduler.add(me)
         # 2. Wait until a run has rendered it; when the engine is idle, run the next batch ourselves.
@@ -158,7 +155,8 @@ class GenerationBatcher:
 
 
 def _fits(batch: list[_Waiting]) -> bool:
-    return batch[0].generator.can_batch([w.plan for w in batch])
+    # Their batch keys are equal already (``same``): only whether their LoRAs fit one run is left.
+    return batch[0].generator.fit_together([w.plan for w in batch])
 
 
 def _own_copy(exc: BaseException) -> BaseException:

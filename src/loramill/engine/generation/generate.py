@@ -13,7 +13,7 @@ from PIL import Image
 
 from loramill import __version__
 from loramill.engine.families import detect_family, get_family
-from loramill.engine.generation.loras import AdapterCache, LoraSpec
+from loramill.engine.generation.loras import AdapterCache, LoraSpec, distinct_weights
 from loramill.engine.generation.mixed import per_image_loras
 from loramill.engine.generation.png import parameters_text, save_png
 from loramill.engine.generation.tags import extract_lora_tags, resolve_tag
@@ -149,20 +149,17 @@ class Generator:
         return plan.batch_key
 
     def can_batch(self, plans: list[Plan]) -> bool:
-        """Whether ``plans`` can render in one run: one key, and for mixed LoRAs no more distinct files
-        than the adapter cache keeps resident, each asked with one weight."""
-        keys = {self.batch_key(p) for p in plans}
-        if len(keys) != 1:
-            return False
+        """Whether ``plans`` can render in one run: one ``batch_key``, and ``fit_together``."""
+        return len({self.batch_key(p) for p in plans}) == 1 and self.fit_together(plans)
+
+    def fit_together(self, plans: list[Plan]) -> bool:
+        """For plans of one ``batch_key``: whether their LoRAs fit one run — one set for all, or for mixed
+        LoRAs no more distinct files than the adapter cache keeps resident, each asked with one weight."""
         if len({p.loras for p in plans}) == 1:
             return True
         assert self.adapters is not None  # mixed keys exist only with an adapter cache
-        weights: dict[Path, float] = {}
-        for p in plans:
-            for spec in p.loras:
-                if weights.setdefault(spec.path, spec.weight) != spec.weight:
-                    return False
-        return len(weights) <= self.adapters.max_resident
+        weights = distinct_weights(spec for p in plans for spec in p.loras)
+        return weights is not None and len(weights) <= self.adapters.max_resident
 
     def generate(self, request: GenerateRequest, progress: ProgressCallback = no_progress) -> list[GeneratedImage]:
         """Render ``request``: resolve tags, activate its LoRAs, run the pipeline with a per-image seed."""

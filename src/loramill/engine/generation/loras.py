@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +86,9 @@ class AdapterCache:
         """Make every LoRA of a mixed batch resident and active with its weight; the adapter name per
         entry (``BASE`` for none), for ``mixed.per_image_loras``. Entries naming the same file must
         agree on its weight, and there may be at most ``max_resident`` distinct files."""
-        weights: dict[Path, float] = {}
-        for spec in loras:
-            if spec is not None and weights.setdefault(spec.path, spec.weight) != spec.weight:
-                raise ValueError(f"activate_mixed: {spec.path.name} is asked with two weights in one batch")
+        weights = distinct_weights(spec for spec in loras if spec is not None)
+        if weights is None:
+            raise ValueError("activate_mixed: a LoRA is asked with two weights in one batch")
         if len(weights) > self.max_resident:
             raise ValueError(f"activate_mixed: {len(weights)} LoRAs in one batch, at most {self.max_resident}")
         # Least recently used first out: the ones made resident for this batch are the most recent.
@@ -225,6 +224,15 @@ def _quiet_transformers() -> Iterator[None]:
         yield
     finally:
         hf_logging.set_verbosity(level)
+
+
+def distinct_weights(loras: Iterable[LoraSpec]) -> dict[Path, float] | None:
+    """Each file's weight, or ``None`` when one file is asked with two weights (one adapter has one scale)."""
+    weights: dict[Path, float] = {}
+    for spec in loras:
+        if weights.setdefault(spec.path, spec.weight) != spec.weight:
+            return None
+    return weights
 
 
 def adapter_name(path: Path) -> str:
