@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loramill.jobs.contracts import parse_job
 from loramill.jobs.status import JobStatus
 from tests.gateway.api.conftest import Api, png_bytes
@@ -196,3 +198,13 @@ def test_post_with_reused_idempotency_key_and_other_body_conflicts(api: Api) -> 
 
     assert response.status_code == 409
     assert bob.status_code == 202  # keys are per user: bob's req-7 is his own
+
+
+@pytest.mark.parametrize(("field", "value"), [("guidanceScale", False), ("steps", True), ("steps", "10"),
+                                              ("seed", 1.5)])
+def test_generation_numbers_are_strict_and_a_refused_one_queues_nothing(api: Api, field: str, value: object) -> None:
+    """``false`` is not 0 and ``"10"`` is not 10, as in the job contracts (schemathesis found the first)."""
+    response = api.client.post("/v1/generations", json={"prompt": "a kite", field: value}, headers=api.auth("alice"))
+
+    assert response.status_code == 422
+    assert field in response.text and api.store.count_queued() == 0

@@ -29,11 +29,14 @@ class LoraUse(_Schema):
     """A LoRA to apply while generating: one you own or a public one, at a strength."""
 
     id: str = Field(min_length=1, max_length=128, examples=["3f1c2a9e-5b7d-4e0f-9a61-2c4d8e7f1a3b"])
-    weight: float = Field(default=1.0, ge=-4, le=4, description="strength; 0.6–1.0 is typical")
+    weight: float = Field(default=1.0, ge=-4, le=4, strict=True, description="strength; 0.6–1.0 is typical")
 
 
 class GenerationCreate(_Schema):
-    """A generation job (SPEC.md 3.3) without ``taskId``/``userId``: the API assigns those."""
+    """A generation job (SPEC.md 3.3) without ``taskId``/``userId``: the API assigns those.
+
+    Numbers are strict, as in the job contracts: ``true`` is not 1 and ``"10"`` is not 10 (schemathesis
+    found ``"guidanceScale": false`` accepted as 0)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
@@ -44,16 +47,16 @@ class GenerationCreate(_Schema):
 
     prompt: str = Field(min_length=1, description="what to draw; at most LORAMILL_MAX_PROMPT_CHARS characters")
     negative_prompt: str = Field(default="", description="what to avoid; same length limit as the prompt")
-    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] | None = None
-    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] | None = None
-    steps: Annotated[int, Field(ge=1, le=200)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0, le=30)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
-    num_images: int = Field(default=1, ge=1, le=8)
+    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8, strict=True)] | None = None
+    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8, strict=True)] | None = None
+    steps: Annotated[int, Field(ge=1, le=200, strict=True)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0, le=30, strict=True)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] | None = None
+    num_images: int = Field(default=1, ge=1, le=8, strict=True)
     base_model: str | None = Field(default=None, max_length=256, description="default: the worker's base model")
     loras: list[LoraUse] = Field(default_factory=list, max_length=8,
                                  description="compose a style and a subject by listing both")
-    priority: int = Field(default=0, ge=0, le=10)
+    priority: int = Field(default=0, ge=0, le=10, strict=True)
 
 
 class TrainingCreate(_Schema):
@@ -68,7 +71,7 @@ class TrainingCreate(_Schema):
 
     images: list[str] = Field(min_length=1, description="storage keys under users/{yourUserId}/")
     configuration_params: TrainingConfig = Field(default_factory=TrainingConfig)
-    priority: int = Field(default=0, ge=0, le=10)
+    priority: int = Field(default=0, ge=0, le=10, strict=True)
 
 
 class PublicFlag(_Schema):
