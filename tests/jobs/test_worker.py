@@ -149,6 +149,20 @@ def test_dead_letter_poison_messages_and_process_next_job(rig: Rig) -> None:
     rig.events.wait_for(task, "completed")
 
 
+def test_store_failed_row_for_job_refused_at_parse_time(rig: Rig) -> None:
+    # A client that reads status from the job store (not the topic) must find the refused task, failed.
+    rig.broker.publish_job(b'{"taskId": "t-refused", "userId": "u-r", "prompt": "x", "steps": "many"}',
+                           task_id="t-refused")
+
+    assert rig.run_one() == "dead_lettered"
+
+    record = rig.store.get_job("t-refused")
+    assert record is not None and record.status == "failed" and record.kind == "generate"
+    assert record.user_id == "u-r" and "steps" in record.error["message"]  # type: ignore[index]
+    assert [e.body["status"] for e in rig.store.list_events("t-refused")] == ["failed"]
+    assert rig.events.wait_for("t-refused", "failed")[0]["error"]["code"] == "invalid_field"
+
+
 def test_fail_job_naming_unknown_base_model_and_configured_ones(rig: Rig) -> None:
     task = rig.submit(generation_job(new_task_id(), "user-1", baseModel="sdxl-turbo"))
 

@@ -293,14 +293,14 @@ class Worker:
             log.warning("message dead-lettered: %s", reason, extra={"code": error.code})
             try:
                 if event is not None and not isinstance(error, Conflict):
-                    self._answer_unreadable(event)
+                    self._answer_unreadable(event, delivery.body)
                 self.recorder.io("broker.dead_letter", lambda: self.broker.dead_letter(delivery, reason))
             except TransientError as exc:
                 log.error("dead-lettering failed (%s); the message will come back", exc.message)
         metrics.DEAD_LETTERS.labels(code=error.code).inc()
         return DEAD_LETTERED
 
-    def _answer_unreadable(self, event: JobEvent) -> None:
+    def _answer_unreadable(self, event: JobEvent, body: bytes) -> None:
         """Tell the sender (matching by taskId) that its message was refused, unless that task already ended.
 
         A garbled copy of a finished job must not contradict the outcome the client already has.
@@ -308,10 +308,13 @@ class Worker:
         record = self.recorder.io("store.get_job", lambda: self.store.get_job(event.task_id))
         if record is not None and JobStatus(record.status).terminal:
             return
-        if record is not None:
-            error = event.error.model_dump() if event.error else None
-            self.recorder.io("store.transition", lambda: self.store.transition(
-                event.task_id, JobStatus.FAILED, error=error, event=event.to_dict()))
+        if record is None:
+            # A client that reads the job store (not the topic) must find the task too, and failed.
+            self.recorder.io("store.create_job", lambda: self.store.create_job(
+                event.task_id, event.user_id or "", _kind_of(body), {"refused": _excerpt(body)}))
+        error = event.error.model_dump() if event.error else None
+        self.recorder.io("store.transition", lambda: self.store.transition(
+            event.task_id, JobStatus.FAILED, error=error, event=event.to_dict()))
         self.recorder.publish(event)
 
     def _clean_up(self, ctx: JobContext, final: str) -> None:
@@ -364,6 +367,17 @@ def _is_event(body: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and "status" in data and "taskId" in data
+
+
+def _kind_of(body: bytes) -> str:
+    """The kind a refused message was meant to be, as ``parse_job`` would read it (a training unless it has a
+    ``prompt`` and no ``images``)."""
+    return "generate" if _is_generation(body) else "train"
+
+
+def _excerpt(body: bytes, limit: int = 2000) -> str:
+    """The start of a refused message, kept with its failed row so an operator can see what came."""
+    return body[:limit].decode("utf-8", "replace")
 
 
 def _is_generation(body: bytes) -> bool:

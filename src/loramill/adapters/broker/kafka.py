@@ -150,7 +150,10 @@ class KafkaBroker(Broker):
         headers += [(REASON_HEADER, reason.encode()), (ORIGIN_HEADER, held.position.encode())]
         # Produced first, committed second: a crash in between leaves a duplicate dead letter, never a lost job.
         self._produce(self.settings.dead_letter, held.value, key=held.key, headers=headers)
-        log.warning("dead-lettered task %s: %s", held.key, reason, extra={"task_id": held.key})
+        # A message without a key is named by its position; the worker's task context (if the task id was
+        # readable) is on the line already.
+        log.warning("dead-lettered the message at %s: %s", held.position, reason,
+                    extra={"task_id": held.key} if held.key else {})
         self._settle(held, "dead_letter", lambda c: c.commit(held, self.settings.publish_timeout_seconds))
 
     def _take(self, delivery: Delivery, what: str) -> HeldMessage | None:
