@@ -71,3 +71,16 @@ def test_worker_carries_on_after_failed_preload_and_job_gets_clear_error(tmp_pat
     failed = final[on_default["taskId"]]
     assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
     assert final[on_other["taskId"]]["status"] == "completed"
+
+
+def test_worker_without_base_model_fails_at_start_naming_variable(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LORAMILL_", "KAFKA_", "S3_", "RABBITMQ_"))}
+    environ.update(LORAMILL_HOME=str(tmp_path), LORAMILL_WORKER_HTTP_PORT="0")
+
+    done = subprocess.run([sys.executable, "-m", "loramill", "worker", "--max-jobs", "1"], env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode != 0
+    assert "LORAMILL_BASE_MODEL" in done.stderr and "no base model" in done.stderr
+    chosen = next(json.loads(raw) for raw in done.stderr.splitlines() if '"using broker' in raw)
+    assert chosen["broker"] == "sql" and chosen["storage"] == "local" and chosen["base_model"] is None

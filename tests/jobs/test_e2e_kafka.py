@@ -49,8 +49,10 @@ class KafkaClient:
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"selfix-{uuid.uuid4().hex[:6]}",
                                   "auto.offset.reset": "earliest"})
         assigned: list[object] = []
-        self.consumer.subscribe([topics["output"], topics["dead"]], on_assign=lambda _c, parts: assigned.extend(parts))
+        self.consumer.subscribe([topics["output"], topics["dead"], topics["progress"]],
+                                on_assign=lambda _c, parts: assigned.extend(parts))
         self.dead: list[tuple[bytes, dict[str, bytes]]] = []
+        self.progress: list[dict[str, Any]] = []  # LORAMILL_PROGRESS_TOPIC: processing events, apart from results
         self.events = EventLog(self._read)
         # Join the group before any test starts its clock: a first join takes seconds, and that is
         # the client's cost, not the flow's.
@@ -69,6 +71,8 @@ class KafkaClient:
             if message.error() is None:
                 if message.topic() == self.topics["dead"]:
                     self.dead.append((message.value() or b"", dict(message.headers() or [])))  # type: ignore[arg-type]
+                elif message.topic() == self.topics["progress"]:
+                    self.progress.append(json.loads(message.value() or b"{}"))
                 else:
                     found.append(message.value() or b"")
             message = self.consumer.poll(0)
@@ -81,7 +85,8 @@ class KafkaClient:
 @pytest.fixture(scope="module")
 def topics() -> dict[str, str]:
     name = f"avatar-{uuid.uuid4().hex[:6]}"
-    return {"input": f"{name}-jobs", "output": f"{name}-results", "dead": f"{name}-jobs.dlq"}
+    return {"input": f"{name}-jobs", "output": f"{name}-results", "dead": f"{name}-jobs.dlq",
+            "progress": f"{name}-progress"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,9 @@ def kafka_worker(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, s3_e
                      KAFKA_TOPIC_INPUT=topics["input"], KAFKA_TOPIC_OUTPUT=topics["output"],
                      LORAMILL_KAFKA_MAX_POLL_INTERVAL_MS=str(MAX_POLL_INTERVAL_MS),
                      LORAMILL_KAFKA_SESSION_TIMEOUT_MS=str(MAX_POLL_INTERVAL_MS),
-                     LORAMILL_KAFKA_HEARTBEAT_INTERVAL_MS="500")
+                     LORAMILL_KAFKA_HEARTBEAT_INTERVAL_MS="500", LORAMILL_PROGRESS_TOPIC=topics["progress"])
+    # Selfix's compose file sets KAFKA_* and S3_* only: those alone must select Kafka and S3.
+    del env["LORAMILL_BROKER"], env["LORAMILL_STORAGE"]
     worker = WorkerProcess(env, home / "worker.log")
     worker.wait_ready()
     yield worker
@@ -128,7 +135,9 @@ def test_train_selfix_job_on_kafka_to_s3(client: KafkaClient, s3: Any, kafka_wor
                     and json.loads(b)["taskId"] == task)
         assert raw_bytes_and_order(body) == ["taskId", "userId", "status", "modelPath", "metrics"]
         assert list(done["metrics"]) == ["trainingTime", "finalLoss"]
-        assert client.events.events(task)[0]["status"] == "processing"
+        # The results topic carries the result only; progress went to LORAMILL_PROGRESS_TOPIC.
+        assert [e["status"] for e in client.events.events(task)] == ["completed"]
+        assert [e["status"] for e in client.progress if e["taskId"] == task][0] == "processing"
     assert S3_TEST_SECRET_KEY not in kafka_worker.log_path.read_text()
     with capsys.disabled():
         print(f"\n[e2e] Selfix flow on kafka: {timings[0]:.1f}s cold (model load), {timings[1]:.1f}s "
@@ -166,6 +175,15 @@ def test_dead_letter_poison_messages_and_process_next_job(client: KafkaClient, k
     reasons = sorted(headers["x-loramill-reason"].decode() for _, headers in client.dead)
     assert reasons[0].startswith("invalid_field: prompt") and reasons[1].startswith("invalid_json")
     assert client.events.wait_for("poison-shape", "failed")[0]["error"]["code"] == "invalid_field"
+    dead_lines = [line for line in kafka_worker.lines() if line["message"].startswith("dead-lettered")]
+    assert dead_lines and not [line for line in dead_lines if "None" in line["message"]]
+    assert any(line.get("taskId") == "poison-shape" for line in dead_lines)
+
+
+def test_selfix_environment_alone_selects_kafka_and_s3(kafka_worker: WorkerProcess) -> None:
+    chosen = kafka_worker.wait_for_log(lambda line: line["message"].startswith("using broker"))
+    assert chosen["broker"] == "kafka" and chosen["storage"] == "s3" and chosen["base_model"] == "sd15"
+    assert "KAFKA_BOOTSTRAP_SERVER is set" in chosen["message"] and "S3_" in chosen["message"]
 
 
 def test_generate_prompt2pic_request_to_image_link(client: KafkaClient, s3: Any) -> None:
@@ -199,6 +217,7 @@ def test_finish_job_longer_than_max_poll_interval_once(client: KafkaClient, s3: 
 
     health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{kafka_worker.http_port}/healthz", timeout=5).read())
     assert held > limit and health["status"] == "ok"
-    statuses = [e["status"] for e in client.events.events(task) if "progress" not in e]
-    assert statuses == ["processing", "completed"]
+    assert [e["status"] for e in client.events.events(task)] == ["completed"]
+    statuses = [e["status"] for e in client.progress if e["taskId"] == task and "progress" not in e]
+    assert statuses == ["processing"]
     assert not [line for line in kafka_worker.lines() if "revoked while task" in line["message"]]

@@ -74,9 +74,11 @@ def test_queued_generations_share_runs_and_each_image_is_its_lone_render(stack: 
     #    images with it and the two without render together, each with its own adapter.
     batcher = stack.worker.batcher
     run = batcher._run
+    first_started = threading.Event()
 
     def first_run_waits_for_the_others(batch: list) -> None:
         if batcher.runs == 0:
+            first_started.set()
             deadline = time.monotonic() + 120
             while len(batcher._scheduler) < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -84,10 +86,15 @@ def test_queued_generations_share_runs_and_each_image_is_its_lone_render(stack: 
 
     batcher._run = first_run_waits_for_the_others  # type: ignore[method-assign]
     slow = stack.submit(generation_job(new_task_id(), "u", steps=10))
+    worker = threading.Thread(target=stack.run, args=(5,))
+    worker.start()
+    # The others are sent once the slow one's run has begun, so that run is the slow job's alone
+    # whatever order the worker's threads reach the batcher in.
+    assert first_started.wait(120)
     with_lora = [stack.submit(generation_job(new_task_id(), "u", seed=s, loras=[{"id": lora, "weight": 0.9}]))
                  for s in (3, 4)]
     plain = [stack.submit(generation_job(new_task_id(), "u", seed=s)) for s in (5, 6)]
-    stack.run(5)
+    worker.join(240)
     done = {t: stack.events.wait_for(t, "completed")[0] for t in [slow, *with_lora, *plain]}
     assert stack.worker.batcher.runs == 2 and stack.worker.batcher.jobs == 5
     # 3. Batching changes nothing a user sees: each PNG is the image its request gives alone.
@@ -107,7 +114,10 @@ def test_training_waits_for_held_generations_and_runs_alone(stack: Stack) -> Non
     stack.run(3)
     for task in (first, training, last):
         stack.events.wait_for(task, "completed")
-    order = [(e["taskId"], e["status"]) for e in stack.events.events()]
+    # Store event ids are global and increasing: they order events across jobs.
+    order = sorted((e.id, task, e.body["status"]) for task in (first, training, last)
+                   for e in stack.store.list_events(task))
+    order = [(task, status) for _, task, status in order]
     # The training started (its first event) only after the generation held before it completed,
     # and the generation after it was not taken until the training had completed.
     assert order.index((first, "completed")) < order.index((training, "processing"))

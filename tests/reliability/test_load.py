@@ -117,7 +117,9 @@ def test_drain_10000_jobs_with_two_workers_and_flat_memory(tmp_path: Path) -> No
     tasks = [str(uuid.uuid4()) for _ in range(DRAIN_JOBS)]
     for task in tasks:
         client.publish_job(tiny_job(task), task_id=task)
-    env = base_env(tmp_path) | {"LORAMILL_RECEIVE_TIMEOUT": "0.2", "LORAMILL_PROGRESS_INTERVAL": "60"}
+    # The instant engine loads no model, but a worker refuses to start without one configured.
+    env = base_env(tmp_path) | {"LORAMILL_RECEIVE_TIMEOUT": "0.2", "LORAMILL_PROGRESS_INTERVAL": "60",
+                                "LORAMILL_BASE_MODEL": "instant", "LORAMILL_PRELOAD_MODEL": "false"}
     workers = [subprocess.Popen([sys.executable, "-m", "tests.reliability.instant_worker"], env=env, cwd=REPO,
                                 stdout=(tmp_path / f"worker-{n}.log").open("wb"), stderr=subprocess.STDOUT)
                for n in range(DRAIN_WORKERS)]

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(**overrides)
     settings = config.worker
+    config.log_choices()
+    config.require_worker_ready()
 
     # 3. Store, storage, broker
     store = open_store(config)

@@ -128,6 +128,9 @@ def serve(settings: GatewaySettings, config: Config | None = None) -> None:
 
     # 1. Settings of every part; local files are served by the API, so their URLs point at it
     config = config or load_config()
+    config.log_choices()
+    if settings.workers:
+        config.require_worker_ready()
     public_url = (settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}").rstrip("/")
     if config.storage.backend == "local" and not config.storage.base_url:
         config.storage.base_url = f"{public_url}/v1/files/"

@@ -35,8 +35,9 @@ class JobRecorder:
     """Claims jobs and records their events in the store, then publishes them on the broker."""
 
     def __init__(self, store: JobStore, broker: Broker, storage: Storage, policy: RetryPolicy,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
+                 should_stop: Callable[[], bool] = lambda: False, *, progress_topic: str | None = None) -> None:
         self.store = store
+        self.progress_topic = progress_topic  # where processing events go on the broker (None: nowhere)
         self.broker = broker
         self.storage = storage
         self.policy = policy
@@ -128,7 +129,8 @@ class JobRecorder:
         try:
             if self.store.set_progress(job.task_id, progress.model_dump(by_alias=True, exclude_none=True)):
                 self.store.append_event(job.task_id, event.to_dict())
-            self.broker.publish_event(event.to_json(), task_id=job.task_id)
+            if self.progress_topic:
+                self.broker.publish_progress(event.to_json(), task_id=job.task_id, topic=self.progress_topic)
         except TransientError as exc:
             log.warning("progress of step %d/%d not recorded: %s", step, total, exc.message)
 
@@ -180,8 +182,15 @@ class JobRecorder:
         return JobEvent(task_id=record.id, user_id=record.user_id, status=status, error=error)
 
     def publish(self, event: JobEvent) -> None:
-        """Put ``event`` on the output topic / queue (retrying a broker hiccup)."""
+        """Put ``event`` on the output topic / queue (retrying a broker hiccup); a ``processing`` event on the
+        progress topic instead, or nowhere: source systems' clients read every output message as a result."""
         body = event.to_json()
+        if JobStatus(event.status) is JobStatus.PROCESSING:
+            if self.progress_topic:
+                topic = self.progress_topic
+                self.io("broker.publish_progress", lambda: self.broker.publish_progress(
+                    body, task_id=event.task_id, topic=topic))
+            return
         self.io("broker.publish_event", lambda: self.broker.publish_event(body, task_id=event.task_id))
         # DEBUG: the worker logs each transition itself ("job started", "job completed in …").
         log.debug("published %s event", event.status, extra={"status": str(event.status)})

@@ -48,6 +48,9 @@ class WorkerSettings(BaseSettings):
     http_port: int = Field(0, ge=0, le=65535, validation_alias="LORAMILL_WORKER_HTTP_PORT",
                            description="port of /healthz and /metrics; 0 = off")
     http_host: str = Field("0.0.0.0", validation_alias="LORAMILL_WORKER_HTTP_HOST")
+    progress_topic: str | None = Field(None, description="topic / queue the processing events (job started, "
+                                       "progress) go to; unset: nowhere on the broker, so the output topic carries "
+                                       "results only (the API, web page and bot read progress from the job store)")
     progress_interval: float = Field(3.0, gt=0, description="seconds between processing events of one job")
     cancel_check_interval: float = Field(1.0, gt=0, description="seconds between looks at cancel_requested")
     receive_timeout: float = Field(1.0, gt=0, description="seconds one receive() waits for a job")

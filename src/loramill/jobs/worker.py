@@ -60,7 +60,8 @@ class Worker:
         self.storage = storage
         self.models = models or ResidentModels(lora_cache_size=settings.lora_cache_size)
         self.shutdown = threading.Event()
-        self.recorder = JobRecorder(store, broker, storage, settings.retry_policy, self.shutdown.is_set)
+        self.recorder = JobRecorder(store, broker, storage, settings.retry_policy, self.shutdown.is_set,
+                                    progress_topic=settings.progress_topic)
         self.load_policy: LoadPolicy | None = None
         if settings.generation_target_seconds is not None:
             from loramill.engine.generation.quality import LoadPolicy

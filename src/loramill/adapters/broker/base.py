@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from loramill.errors import InvalidInput
+
 
 @dataclass
 class Delivery:
@@ -36,6 +38,12 @@ class Broker(ABC):
     @abstractmethod
     def publish_event(self, body: bytes, *, task_id: str) -> None:
         """Put a status or result event on the output topic / queue."""
+
+    def publish_progress(self, body: bytes, *, task_id: str, topic: str) -> None:
+        """Put a ``processing`` event on ``topic`` (``LORAMILL_PROGRESS_TOPIC``), apart from the results on
+        the output topic / queue: clients of the source systems read every output message as a result."""
+        raise InvalidInput(f"the {self.name} broker cannot publish progress on a topic of its own; unset "
+                           "LORAMILL_PROGRESS_TOPIC", code="invalid_setting", field="LORAMILL_PROGRESS_TOPIC")
 
     @abstractmethod
     def receive(self, timeout: float) -> Delivery | None:

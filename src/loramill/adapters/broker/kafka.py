@@ -64,8 +64,9 @@ class KafkaBroker(Broker):
         self._outstanding: dict[str, HeldMessage] = {}
         self._closing = threading.Event()
         self._poller: threading.Thread | None = None  # serves delivery reports (see _produce)
+        self._progress_topics: set[str] = set()  # created (or found) already
         if self.settings.create_topics:
-            self._create_topics()
+            self.create_topics()
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -75,6 +76,13 @@ class KafkaBroker(Broker):
 
     def publish_event(self, body: bytes, *, task_id: str) -> None:
         self._produce(self.settings.topic_output, body, key=task_id, headers=[("taskId", task_id.encode())])
+
+    def publish_progress(self, body: bytes, *, task_id: str, topic: str) -> None:
+        if topic not in self._progress_topics:
+            if self.settings.create_topics:
+                self.create_topics([topic])
+            self._progress_topics.add(topic)
+        self._produce(topic, body, key=task_id, headers=[("taskId", task_id.encode())])
 
     def _produce(self, topic: str, body: bytes, *, key: str | None, headers: Headers) -> None:
         """Produce one message and wait for the broker's acknowledgement."""
@@ -249,14 +257,14 @@ class KafkaBroker(Broker):
             self._poller.join(timeout=5)
         self._producer.flush(self.settings.publish_timeout_seconds)
 
-    def _create_topics(self) -> None:
-        """Create the input, output and dead-letter topics where they are missing."""
+    def create_topics(self, names: list[str] | None = None) -> None:
+        """Create ``names`` (default: the input, output and dead-letter topics) where they are missing."""
         s = self.settings
         config: dict[str, Any] = {**client_config(s), "logger": log}
         admin = AdminClient(config)
         topics = [
             NewTopic(name, num_partitions=s.topic_partitions, replication_factor=s.topic_replication_factor)
-            for name in dict.fromkeys([s.topic_input, s.topic_output, s.dead_letter])
+            for name in dict.fromkeys(names or [s.topic_input, s.topic_output, s.dead_letter])
         ]
         futures = admin.create_topics(topics, request_timeout=s.publish_timeout_seconds)
         # Poll while waiting: librdkafka hands its log lines (a failed SASL handshake, a refused

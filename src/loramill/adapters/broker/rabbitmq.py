@@ -51,6 +51,7 @@ class RabbitMQBroker(Broker):
         self._seq = itertools.count(1)
         self._consuming = False
         self._closed = False
+        self._progress_queues: set[str] = set()  # declared already
         try:
             self._call(self._open(), "connect")
         except BaseException:
@@ -115,6 +116,20 @@ class RabbitMQBroker(Broker):
         )
         self._call(self._publish(lambda: self._publisher.default_exchange, message, self.settings.output_queue),
                    "publish an event")
+
+    def publish_progress(self, body: bytes, *, task_id: str, topic: str) -> None:
+        message = aio_pika.Message(
+            body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=task_id,
+            content_type="application/json", headers={"taskId": task_id},
+        )
+
+        async def declare_and_publish() -> None:
+            if topic not in self._progress_queues:
+                await self._publisher.declare_queue(topic, durable=True)
+                self._progress_queues.add(topic)
+            await self._publish(lambda: self._publisher.default_exchange, message, topic)
+
+        self._call(declare_and_publish(), "publish progress")
 
     async def _publish(self, exchange: Callable[[], aio_pika.abc.AbstractExchange], message: aio_pika.Message,
                        routing_key: str) -> None:

@@ -107,12 +107,17 @@ class SqlBroker(Broker):
             self._swept_at = time.monotonic()
             self.sweep_events()
 
+    def publish_progress(self, body: bytes, *, task_id: str, topic: str) -> None:
+        """Queue a progress event apart from the results (one ``progress`` queue whatever ``topic`` says:
+        the embedded queue has no topics; swept like the other events)."""
+        self._insert("progress", body, task_id, 0)
+
     def sweep_events(self) -> int:
         """Delete events older than the retention; how many went."""
         if self.event_retention is None:
             return 0
         with self._db.write() as conn:
-            gone = conn.execute(q.delete().where(q.c.queue == "output",
+            gone = conn.execute(q.delete().where(q.c.queue.in_(("output", "progress")),
                                                  q.c.created_at < utcnow() - self.event_retention)).rowcount
         if gone:
             logger.info("dropped %d unconsumed event(s) older than %s", gone, self.event_retention)
