@@ -32,6 +32,7 @@ def manifest_document(report: DatasetReport, config: DatasetConfig) -> dict[str,
         "rejected": [asdict(r) for r in report.rejected],
         "buckets": report.bucket_counts,
         "warnings": report.warnings,
+        "identity": report.identity.to_dict() if report.identity is not None else None,
     }
 
 

@@ -21,6 +21,7 @@ from loramill.engine.dataset.config import DatasetConfig
 from loramill.engine.dataset.dedupe import DuplicateIndex, dhash, phash
 from loramill.engine.dataset.fetch import FetchOptions, UrlFetcher
 from loramill.engine.dataset.framing import frame_region
+from loramill.engine.dataset.identity import reject_other_people
 from loramill.engine.dataset.kohya import write_dataset_toml
 from loramill.engine.dataset.manifest import MANIFEST_NAME, write_manifest
 from loramill.engine.dataset.report import DatasetReport, KeptImage, Rejected, Rejection, rejection_list
@@ -80,6 +81,9 @@ def prepare_dataset(sources: list[str], out_dir: Path, config: DatasetConfig, *,
                         progress(Progress("dataset", step, len(found.files), {"file": file.name, "status": status}))
             finally:
                 found.close()
+        # 3b. Face mode: photos of anyone but the majority person are left out
+        if config.subject == "face" and report.kept:
+            reject_other_people(report, staging)
         # 4. Enough left? If not, say exactly what went wrong with each file
         usable = len({k.source for k in report.kept})
         if usable < config.min_images:

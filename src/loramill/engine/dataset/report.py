@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from loramill.engine.dataset.identity import IdentitySpread
     from loramill.engine.dataset.items import DatasetItem
 
 # code -> what it means for the user (the summary prints the code; the message says the specifics)
@@ -25,6 +26,7 @@ REASONS: dict[str, str] = {
     "duplicate": "byte-identical to an image already kept",
     "near_duplicate": "visually the same as an image already kept (perceptual hash)",
     "no_face": "face mode found no face",
+    "other_person": "face mode: the face is not the person most of the photos show",
     "download_failed": "the URL could not be downloaded",
     "blocked_address": "the URL points at a loopback, private, link-local or metadata address",
     "unsafe_path": "an archive entry with an absolute or '..' path, or a link",
@@ -84,6 +86,7 @@ class DatasetReport:
     kept: list[KeptImage] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    identity: IdentitySpread | None = None  # face mode with loramill[faces]: who the photos show
 
     @property
     def bucket_counts(self) -> dict[str, int]:
@@ -114,6 +117,8 @@ class DatasetReport:
             lines.append("rejected 0")
         buckets = ", ".join(f"{key} ×{n}" for key, n in self.bucket_counts.items())
         lines.append(f"buckets: {buckets or 'none'}")
+        if self.identity is not None:
+            lines.append(self.identity.line())
         warnings = self.warnings + [f"{k.source}: {w}" for k in self.kept for w in k.warnings]
         if warnings:
             lines.append(f"warnings ({len(warnings)}):")
