@@ -3,7 +3,9 @@
 A family module (``sd15.py``, ``sdxl.py``, ``flux.py``) defines the same names, so knowing one means
 knowing all (peft's rule): ``PIPELINE_CLASS``, ``DENOISER``, ``TEXT_ENCODERS``, ``DEFAULT_TARGET_MODULES``,
 ``TEXT_ENCODER_TARGET_MODULES``, ``KOHYA_PREFIXES``, ``RESOLUTION_MULTIPLE``, ``DEFAULT_STEPS``, ``DEFAULT_GUIDANCE``, ``load_pipeline``,
-``encode_prompts``, ``encode_images``, ``training_target`` and ``generation_kwargs``.
+``encode_prompts``, ``encode_images``, ``add_noise``, ``predict``, ``training_target`` and ``generation_kwargs``.
+A training step is ``add_noise`` (draws) then ``predict`` (the denoiser), so the same noisy latents can be
+predicted again under other conditioning or adapters (teacher preservation); ``training_target`` is both.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ class ImageMeta:
     target_size: tuple[int, int]  # (height, width) fed to the model
 
 
+@dataclass
+class Noised:
+    """One draw of the forward process: what the denoiser sees and what it should predict."""
+
+    noisy: torch.Tensor  # [B, C, H, W] latents with noise (FLUX: unpacked)
+    target: torch.Tensor  # ε, v or the flow velocity, same shape as ``noisy``
+    timesteps: torch.Tensor  # what the denoiser is given: DDPM steps, or FLUX sigmas
+    snr: torch.Tensor | None = None  # per sample, DDPM families (min-SNR weighting)
+    sigmas: torch.Tensor | None = None  # per sample, flow matching (loss weighting)
+
+
 class FamilyModule(Protocol):
     PIPELINE_CLASS: str
     DENOISER: str
@@ -45,6 +58,12 @@ class FamilyModule(Protocol):
     def encode_prompts(self, pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]: ...
 
     def encode_images(self, pipe: Any, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def add_noise(self, pipe: Any, latents: torch.Tensor, generator: torch.Generator,
+                  options: dict[str, Any]) -> Noised: ...
+
+    def predict(self, pipe: Any, noised: Noised, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+                options: dict[str, Any]) -> torch.Tensor: ...
 
     def training_target(self, pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor],
                         meta: list[ImageMeta], generator: torch.Generator,

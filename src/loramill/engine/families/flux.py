@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from loramill.engine.families.base import ImageMeta, load_pipeline_of
+from loramill.engine.families.base import ImageMeta, Noised, load_pipeline_of
 
 PIPELINE_CLASS = "FluxPipeline"
 DENOISER = "transformer"
@@ -57,30 +57,47 @@ def shift_sigmas(sigmas: torch.Tensor, scheduler_config: Any, image_seq_len: int
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
-                    generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flow matching: x_t = (1 - s) x0 + s noise; the transformer predicts the velocity noise - x0."""
+def add_noise(pipe: Any, latents: torch.Tensor, generator: torch.Generator, options: dict[str, Any]) -> Noised:
+    """Flow matching: x_t = (1 - s) x0 + s noise; the target is the velocity noise - x0.
+
+    Sigmas are drawn as ``options["timestep_sampling"]`` says (default ``shift``: uniform, then shifted
+    towards noise as FLUX's schedule does for this resolution).
+    """
+    from loramill.engine.training.weighting import sample_flow_sigmas
+
     b, c, h, w = latents.shape
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-    # Uniform sigmas in (0, 1), then shifted towards noise as FLUX's schedule does for this resolution.
-    u = torch.rand((b,), generator=generator).clamp(1e-4, 1 - 1e-4)
-    sigmas = shift_sigmas(u, pipe.scheduler.config, (h // 2) * (w // 2)).to(latents.device, latents.dtype)
+    sigmas = sample_flow_sigmas(b, generator, options.get("timestep_sampling", "shift"),
+                                lambda u: shift_sigmas(u, pipe.scheduler.config, (h // 2) * (w // 2)))
+    sigmas = sigmas.to(latents.device, latents.dtype)
     s = sigmas.view(b, 1, 1, 1)
-    noisy = (1.0 - s) * latents + s * noise
+    return Noised((1.0 - s) * latents + s * noise, noise - latents, sigmas, sigmas=sigmas)
 
+
+def predict(pipe: Any, noised: Noised, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+            options: dict[str, Any]) -> torch.Tensor:
+    """The transformer on packed 2x2 patches, unpacked back to the latent grid."""
+    noisy = noised.noisy
+    b, c, h, w = noisy.shape
     packed = pipe._pack_latents(noisy, b, c, h, w)
-    img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+    img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
     embeds = cond["prompt_embeds"]
-    txt_ids = torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype)
+    txt_ids = torch.zeros(embeds.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
     guidance = None
     if pipe.transformer.config.guidance_embeds:
-        guidance = torch.full((b,), float(options.get("guidance_scale", 1.0)), device=latents.device,
-                              dtype=latents.dtype)
-    pred = pipe.transformer(hidden_states=packed, timestep=sigmas, guidance=guidance,
+        guidance = torch.full((b,), float(options.get("guidance_scale", 1.0)), device=noisy.device,
+                              dtype=noisy.dtype)
+    pred = pipe.transformer(hidden_states=packed, timestep=noised.timesteps, guidance=guidance,
                             pooled_projections=cond["pooled_prompt_embeds"], encoder_hidden_states=embeds,
                             txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-    pred = pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
-    return pred, noise - latents
+    return pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+
+
+def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+                    generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow matching: the transformer predicts the velocity noise - x0 at drawn sigmas."""
+    noised = add_noise(pipe, latents, generator, options)
+    return predict(pipe, noised, cond, meta, options), noised.target
 
 
 def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,

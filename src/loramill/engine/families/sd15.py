@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from loramill.engine.families.base import ImageMeta, add_noise_ddpm, ddpm_target, load_pipeline_of
+from loramill.engine.families.base import ImageMeta, Noised, add_noise_ddpm, ddpm_target, load_pipeline_of
 
 PIPELINE_CLASS = "StableDiffusionPipeline"
 DENOISER = "unet"
@@ -52,13 +52,26 @@ def _noise_scheduler(pipe: Any) -> Any:
     return cached
 
 
+def add_noise(pipe: Any, latents: torch.Tensor, generator: torch.Generator, options: dict[str, Any]) -> Noised:
+    """DDPM: noise the latents at random timesteps; the target is the noise (or velocity)."""
+    from loramill.engine.training.weighting import ddpm_snr
+
+    scheduler = _noise_scheduler(pipe)
+    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator)
+    return Noised(noisy, ddpm_target(scheduler, latents, noise, timesteps), timesteps,
+                  snr=ddpm_snr(scheduler.alphas_cumprod, timesteps))
+
+
+def predict(pipe: Any, noised: Noised, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+            options: dict[str, Any]) -> torch.Tensor:
+    return pipe.unet(noised.noisy, noised.timesteps, encoder_hidden_states=cond["prompt_embeds"], return_dict=False)[0]
+
+
 def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
                     generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """DDPM: noise the latents at random timesteps; the UNet predicts the noise (or velocity)."""
-    scheduler = _noise_scheduler(pipe)
-    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator)
-    pred = pipe.unet(noisy, timesteps, encoder_hidden_states=cond["prompt_embeds"], return_dict=False)[0]
-    return pred, ddpm_target(scheduler, latents, noise, timesteps)
+    noised = add_noise(pipe, latents, generator, options)
+    return predict(pipe, noised, cond, meta, options), noised.target
 
 
 def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,

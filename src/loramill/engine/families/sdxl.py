@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from loramill.engine.families.base import ImageMeta, add_noise_ddpm, ddpm_target, load_pipeline_of
+from loramill.engine.families.base import ImageMeta, Noised, load_pipeline_of
 
 # Same VAE handling and the same pipeline arguments as SD 1.5.
-from loramill.engine.families.sd15 import _noise_scheduler, encode_images, generation_kwargs  # noqa: F401
+from loramill.engine.families.sd15 import add_noise, encode_images, generation_kwargs  # noqa: F401
 
 PIPELINE_CLASS = "StableDiffusionXLPipeline"
 DENOISER = "unet"
@@ -43,14 +43,17 @@ def time_ids(meta: list[ImageMeta], device: torch.device, dtype: torch.dtype) ->
     return torch.tensor(rows, device=device, dtype=dtype)
 
 
+def predict(pipe: Any, noised: Noised, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
+            options: dict[str, Any]) -> torch.Tensor:
+    """The UNet as SD 1.5's, with pooled text embeddings and time ids as added conditioning."""
+    added = {"text_embeds": cond["pooled_prompt_embeds"],
+             "time_ids": time_ids(meta, noised.noisy.device, cond["prompt_embeds"].dtype)}
+    return pipe.unet(noised.noisy, noised.timesteps, encoder_hidden_states=cond["prompt_embeds"],
+                     added_cond_kwargs=added, return_dict=False)[0]
+
+
 def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
                     generator: torch.Generator, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """DDPM as SD 1.5, with pooled text embeddings and time ids as added conditioning."""
-    scheduler = _noise_scheduler(pipe)
-    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator)
-    added = {"text_embeds": cond["pooled_prompt_embeds"],
-             "time_ids": time_ids(meta, latents.device, cond["prompt_embeds"].dtype)}
-    pred = pipe.unet(noisy, timesteps, encoder_hidden_states=cond["prompt_embeds"],
-                     added_cond_kwargs=added, return_dict=False)[0]
-    return pred, ddpm_target(scheduler, latents, noise, timesteps)
-
+    noised = add_noise(pipe, latents, generator, options)
+    return predict(pipe, noised, cond, meta, options), noised.target

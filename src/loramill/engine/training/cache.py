@@ -62,9 +62,19 @@ def build_cache(family: FamilyModule, pipe: Any, examples: list[Example], varian
         captions = sorted(set(e.caption for e in examples))
         for start in range(0, len(captions), encode_batch):
             batch = captions[start:start + encode_batch]
-            encoded = family.encode_prompts(pipe, batch)
-            for j, caption in enumerate(batch):
-                cache.embeds[caption] = {k: v[j:j + 1].detach().to("cpu", torch.float32) for k, v in encoded.items()}
+            cache_texts(cache, family, pipe, batch)
             done += len(batch)
             progress(Progress("cache", done, total))
     return cache
+
+
+@torch.no_grad()
+def cache_texts(cache: TrainingCache, family: FamilyModule, pipe: Any, prompts: list[str], encode_batch: int = 4
+                ) -> None:
+    """Add the embeddings of ``prompts`` not cached yet (the empty prompt, preservation prompts)."""
+    todo = sorted(set(prompts) - set(cache.embeds))
+    for start in range(0, len(todo), encode_batch):
+        batch = todo[start:start + encode_batch]
+        encoded = family.encode_prompts(pipe, batch)
+        for j, caption in enumerate(batch):
+            cache.embeds[caption] = {k: v[j:j + 1].detach().to("cpu", torch.float32) for k, v in encoded.items()}

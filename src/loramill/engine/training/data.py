@@ -96,16 +96,22 @@ def load_pixels(example: Example, variant: int = 0, augment_config: object | Non
         from loramill.engine.dataset.augment import augment
 
         image = augment(image, variant, augment_config)  # type: ignore[arg-type]
-    tw, th = example.size
+    image, meta = fit_image(image, example.size)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return pixels, meta
+
+
+def fit_image(image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, ImageMeta]:
+    """``image`` resized to cover ``size`` (width, height) and centre-cropped to it (loss masks follow the same)."""
+    tw, th = size
     ow, oh = image.size
     scale = max(tw / ow, th / oh)
     rw, rh = max(tw, round(ow * scale)), max(th, round(oh * scale))
     image = image.resize((rw, rh), Image.Resampling.LANCZOS)
     left, top = (rw - tw) // 2, (rh - th) // 2
     image = image.crop((left, top, left + tw, top + th))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    return pixels, ImageMeta(original_size=(oh, ow), crop_top_left=(top, left), target_size=(th, tw))
+    return image, ImageMeta(original_size=(oh, ow), crop_top_left=(top, left), target_size=(th, tw))
 
 
 def buckets_of(examples: list[Example]) -> dict[tuple[int, int], list[int]]:

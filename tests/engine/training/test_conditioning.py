@@ -1,0 +1,34 @@
+"""Caption dropout and trigger-free preservation prompts, and LoRA+ parameter groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loramill.engine.training.conditioning import drop_captions, preservation_prompts, without_trigger
+from loramill.engine.training.optim import lora_plus_groups
+
+
+def test_caption_dropout_is_deterministic_and_near_its_rate():
+    captions = ["sks, a cat"] * 4
+    drawn = [drop_captions(captions, 0.25, seed=3, micro=m) for m in range(500)]
+    assert drawn == [drop_captions(captions, 0.25, seed=3, micro=m) for m in range(500)]
+    dropped = sum(c == "" for row in drawn for c in row) / 2000
+    assert dropped == pytest.approx(0.25, abs=0.04)
+    assert drop_captions(captions, 0.0, seed=3, micro=1) == captions
+
+
+def test_without_trigger_replaces_whole_words_only():
+    assert without_trigger("sks, a photo of sks dog", ["sks"], "dog") == "dog, a photo of dog dog"
+    assert without_trigger("sks, a drawing", ["sks"], None) == "a drawing"
+    assert without_trigger("asks sks", ["sks"], "cat") == "asks cat"
+    assert preservation_prompts(["sks a", "sks b"], ["sks"], None, ["one", "two", "three"], micro=1) == ["three", "one"]
+
+
+def test_lora_plus_gives_b_a_higher_learning_rate():
+    named = {"x.lora_A.t.weight": torch.nn.Parameter(torch.zeros(1)),
+             "x.lora_B.t.weight": torch.nn.Parameter(torch.zeros(1))}
+    groups = lora_plus_groups(named, 1e-4, 16)
+    assert [(len(g["params"]), g["lr"]) for g in groups] == [(1, 1e-4), (1, pytest.approx(1.6e-3))]
+    assert groups[1]["params"][0] is named["x.lora_B.t.weight"]
+    assert [len(g["params"]) for g in lora_plus_groups(named, 1e-4, 1)] == [2]
