@@ -1,1 +1,1 @@
-"""LoRA files: the kohya and diffusers layouts, safe reading, and metadata."""
+"""LoRA files: the kohya, diffusers and sd-scripts layouts, which tools load each, safe reading, metadata."""

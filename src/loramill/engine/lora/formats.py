@@ -1,4 +1,5 @@
-"""Convert trained LoRA weights to the two layouts users' tools read.
+"""Convert trained LoRA weights to the layouts users' tools read (``--format``; which tool reads which:
+``engine/lora/layouts.py`` and README's "LoRA layouts" table).
 
 ``diffusers``: ``<component>.<module path>.lora_A.weight`` / ``lora_B.weight``. No alpha is stored in
 this layout, so the alpha/rank scale is folded into ``lora_B``; every loader that assumes alpha = rank
@@ -6,14 +7,21 @@ this layout, so the alpha/rank scale is folded into ``lora_B``; every loader tha
 
 ``kohya``: ``<prefix>_<module path with _>.lora_down.weight`` / ``lora_up.weight`` / ``.alpha`` — the
 layout sd-scripts writes and A1111, ComfyUI and diffusers read (``lora_unet_``, ``lora_te_``/``lora_te1_``,
-``lora_te2_``; FLUX uses ``lora_transformer_`` with diffusers module names, which diffusers and ComfyUI
-read). SPEC.md section 5, item 1: a LoRA that silently does nothing in another tool is the most common
-complaint, so both layouts are tested to load in plain diffusers and give the same image.
+``lora_te2_``; FLUX uses ``lora_transformer_`` with diffusers module names, which diffusers, ComfyUI and
+Forge read but sd-scripts does not).
+
+``sd-scripts``: for FLUX, sd-scripts' own BFL block names with fused qkv (``engine/lora/flux_blocks.py``);
+for SD 1.5 and SDXL the kohya file, whose names sd-scripts reads as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from loramill.engine.lora.flux_blocks import bfl_name, to_sd_scripts_flux
+from loramill.engine.lora.layouts import check_format
 
 LoraLayers = dict[str, dict[str, torch.Tensor]]  # component ("unet", "text_encoder", …) -> peft state dict
 
@@ -60,8 +68,41 @@ def to_kohya(layers: LoraLayers, prefixes: dict[str, str], alpha: float) -> dict
     return out
 
 
+def to_sd_scripts(layers: LoraLayers, prefixes: dict[str, str], alpha: float) -> dict[str, torch.Tensor]:
+    """sd-scripts' naming: FLUX's transformer in BFL blocks, everything else as kohya."""
+    out = to_kohya({c: s for c, s in layers.items() if c != "transformer"}, prefixes, alpha)
+    if "transformer" in layers:
+        out.update(to_sd_scripts_flux(layers["transformer"], alpha))
+    return out
+
+
+_WRITERS: dict[str, Callable[[LoraLayers, dict[str, str], int, float], dict[str, torch.Tensor]]] = {
+    "kohya": lambda layers, prefixes, rank, alpha: to_kohya(layers, prefixes, alpha),
+    "diffusers": lambda layers, prefixes, rank, alpha: to_diffusers(layers, rank, alpha),
+    "sd-scripts": lambda layers, prefixes, rank, alpha: to_sd_scripts(layers, prefixes, alpha),
+}
+
+
+def to_layout(fmt: str, layers: LoraLayers, prefixes: dict[str, str], rank: int,
+              alpha: float) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA file in layout ``fmt`` (one of ``layouts.LORA_FORMATS``)."""
+    check_format(fmt)
+    return _WRITERS[fmt](layers, prefixes, rank, alpha)
+
+
+def check_layout(fmt: str, layers: LoraLayers) -> None:
+    """Fail before training, not at export, when a trained module has no name in layout ``fmt``."""
+    check_format(fmt)
+    if fmt == "sd-scripts":
+        for key in layers.get("transformer", {}):
+            if ".lora_A." in key:
+                bfl_name(key.split(".lora_A.")[0])
+
+
 def layout_of(keys: list[str] | set[str]) -> str:
-    """``kohya``, ``diffusers`` or ``unknown``, from a state dict's keys."""
+    """``sd-scripts`` (FLUX BFL names), ``kohya``, ``diffusers`` or ``unknown``, from a state dict's keys."""
+    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
+        return "sd-scripts"
     if any(k.endswith((".lora_down.weight", ".lora_up.weight")) for k in keys):
         return "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from loramill.engine.lora.layouts import LORA_FORMATS
 from loramill.errors import InvalidInput
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-LORA_FORMATS = ("kohya", "diffusers")
 PREPARE_MODES = ("auto", "never")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from loramill import __version__
 from loramill.engine.families import detect_family, get_family
 from loramill.engine.lora.files import write_lora
-from loramill.engine.lora.formats import to_diffusers, to_kohya
+from loramill.engine.lora.formats import check_layout, to_layout
+from loramill.engine.lora.layouts import layout_warnings
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
 from loramill.engine.training import adapters
 from loramill.engine.training.cache import build_cache
@@ -39,6 +41,7 @@ from loramill.engine.training.data import (
 from loramill.engine.training.optim import check_optimizer, check_precision, make_optimizer, make_scheduler
 from loramill.errors import InvalidInput
 
+log = logging.getLogger(__name__)
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 
 
@@ -67,6 +70,10 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                            "trained here; pass --family if the folder is one of them", code="unsupported_model",
                            field="model")
     family = get_family(family_name)
+    # Tools that will not load the chosen layout are named now and in the metrics, never found out later.
+    layout_notes = layout_warnings(config.format, family_name)
+    for note in layout_notes:
+        log.warning("LoRA layout: %s", note)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +122,7 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             params += adapters.add_lora(encoder, config.rank, config.alpha or config.rank,
                                         family.TEXT_ENCODER_TARGET_MODULES)
             trained[name] = encoder
+        check_layout(config.format, {family.DENOISER: adapters.lora_state(denoiser)})
         if config.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
             for encoder in text_encoders:
@@ -209,8 +217,9 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         metrics = {"trainingTime": round(training_time, 3), "finalLoss": final_loss, "steps": step,
                    "family": family_name, "datasetHash": data_hash, "images": len(examples)}
         alpha = float(config.alpha or config.rank)
-        tensors = (to_kohya(layers, family.KOHYA_PREFIXES, alpha) if config.format == "kohya"
-                   else to_diffusers(layers, config.rank, alpha))
+        tensors = to_layout(config.format, layers, family.KOHYA_PREFIXES, config.rank, alpha)
+        if layout_notes:
+            metrics["layoutWarnings"] = layout_notes
         out = write_lora(config.out, tensors, lora_metadata(config, family_name, step, data_hash))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return TrainResult(lora_path=out, metrics=metrics, checkpoint_dir=checkpoints)

@@ -1,0 +1,101 @@
+"""FLUX LoRAs in sd-scripts' own naming: BFL block names, with q/k/v (and the single blocks' MLP input) fused.
+
+diffusers splits FLUX's attention into ``to_q``/``to_k``/``to_v``; the original (BFL) model, and so
+sd-scripts (``networks/lora_flux.py``), ComfyUI and Forge, hold one fused ``qkv`` layer per stream and one
+``linear1`` = q ‖ k ‖ v ‖ MLP-in per single block. Separate LoRAs (Aᵢ, Bᵢ) on the parts of a fused layer
+are exactly one LoRA on the fused layer with ``down`` = A₁ ‖ A₂ ‖ … stacked and ``up`` block-diagonal
+(Bᵢ on the diagonal): ``up @ down`` stacks Bᵢ Aᵢ. This is how sd-scripts' ``split_qkv`` state_dict writes
+them, so its loader, diffusers' ``_convert_kohya_flux_lora_to_diffusers`` (which recognises the
+block-diagonal form and splits it back) and ComfyUI all read the file. Every loader scales a module by
+``alpha / down.shape[0]``, so a part-count k fused module stores ``alpha × k`` to keep training's
+``alpha / rank``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from loramill.errors import InvalidInput
+
+PREFIX = "lora_unet"
+# diffusers module (inside transformer_blocks.N.) → (BFL module inside double_blocks.N., part of a fused layer)
+DOUBLE = {
+    "attn.to_q": ("img_attn.qkv", 0), "attn.to_k": ("img_attn.qkv", 1), "attn.to_v": ("img_attn.qkv", 2),
+    "attn.add_q_proj": ("txt_attn.qkv", 0), "attn.add_k_proj": ("txt_attn.qkv", 1),
+    "attn.add_v_proj": ("txt_attn.qkv", 2),
+    "attn.to_out.0": ("img_attn.proj", None), "attn.to_add_out": ("txt_attn.proj", None),
+    "ff.net.0.proj": ("img_mlp.0", None), "ff.net.2": ("img_mlp.2", None),
+    "ff_context.net.0.proj": ("txt_mlp.0", None), "ff_context.net.2": ("txt_mlp.2", None),
+    "norm1.linear": ("img_mod.lin", None), "norm1_context.linear": ("txt_mod.lin", None),
+}
+# diffusers module (inside single_transformer_blocks.N.) → BFL module inside single_blocks.N.
+SINGLE = {
+    "attn.to_q": ("linear1", 0), "attn.to_k": ("linear1", 1), "attn.to_v": ("linear1", 2),
+    "proj_mlp": ("linear1", 3), "proj_out": ("linear2", None), "norm.linear": ("modulation.lin", None),
+}
+MLP_RATIO = 4  # FLUX.1's single-block MLP width is 4 × the hidden size (the fused layer's 4th part)
+_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
+
+
+def bfl_name(module: str) -> tuple[str, int | None]:
+    """The BFL module of a diffusers FLUX transformer module, and which part of a fused layer it is."""
+    m = _BLOCK.match(module)
+    table, kind = (DOUBLE, "double_blocks") if m and m.group(1) == "transformer_blocks" else (SINGLE, "single_blocks")
+    if m is None or m.group(3) not in table:
+        raise InvalidInput(f"--format sd-scripts: FLUX module {module!r} has no sd-scripts (BFL) name; sd-scripts "
+                           f"LoRAs cover the blocks' {', '.join(sorted(set(DOUBLE) | set(SINGLE)))}. Drop it from "
+                           "--target-modules or export with --format kohya", code="invalid_option", field="format")
+    bfl, part = table[m.group(3)]
+    return f"{kind}.{m.group(2)}.{bfl}", part
+
+
+def part_sizes(bfl: str, hidden: int) -> list[int]:
+    """Output rows of each part of a fused BFL layer of a ``hidden``-wide FLUX."""
+    return [hidden] * 3 + ([MLP_RATIO * hidden] if bfl.endswith("linear1") else [])
+
+
+def to_sd_scripts_flux(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """A FLUX transformer's peft LoRA state (``….to_q.lora_A.weight``) as sd-scripts' ``lora_unet_*`` keys."""
+    # 1. Group A/B pairs by BFL module; parts of a fused layer go together.
+    groups: dict[str, dict[int | None, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for key in state:
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        bfl, part = bfl_name(module)
+        down = state[key].detach().to("cpu")
+        up = state[f"{module}.lora_B.weight"].detach().to("cpu")
+        groups.setdefault(bfl, {})[part] = (down, up)
+
+    # 2. Plain modules keep their pair; fused ones get stacked downs and a block-diagonal up, with zero
+    #    blocks for parts that were not trained (so sd-scripts' split_qkv loader can chunk them evenly).
+    out: dict[str, torch.Tensor] = {}
+    for bfl, parts in groups.items():
+        name = f"{PREFIX}_{bfl.replace('.', '_')}"
+        if None in parts:
+            down, up = parts[None]
+            out.update({f"{name}.lora_down.weight": down.contiguous(), f"{name}.lora_up.weight": up.contiguous(),
+                        f"{name}.alpha": torch.tensor(float(alpha))})
+            continue
+        first = min(i for i in parts if i is not None)
+        first_down, first_up = parts[first]
+        rank, dtype = first_down.shape[0], first_down.dtype
+        hidden = first_up.shape[0] if first < 3 else first_up.shape[0] // MLP_RATIO
+        sizes = part_sizes(bfl, hidden)
+        down = torch.zeros(rank * len(sizes), first_down.shape[1], dtype=dtype)
+        up = torch.zeros(sum(sizes), rank * len(sizes), dtype=dtype)
+        row = 0
+        for i, size in enumerate(sizes):
+            if i in parts:
+                part_down, part_up = parts[i]
+                if part_down.shape[0] != rank or part_up.shape[0] != size:
+                    raise InvalidInput(f"--format sd-scripts: parts of {bfl} have unequal ranks or widths; export "
+                                       "with --format kohya", code="invalid_option", field="format")
+                down[i * rank:(i + 1) * rank] = part_down
+                up[row:row + size, i * rank:(i + 1) * rank] = part_up
+            row += size
+        out.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                    f"{name}.alpha": torch.tensor(float(alpha) * len(sizes))})
+    return out
