@@ -92,8 +92,9 @@ def open_broker(config: Config, store: JobStore) -> Broker:
             broker.create_topics([progress])  # type: ignore[attr-defined]
         return broker
     from loramill.adapters.broker.rabbitmq_config import load_settings as rabbitmq_settings
+    from loramill.jobs.tsuki import rabbitmq_overrides
 
-    rabbitmq = rabbitmq_settings()
+    rabbitmq = rabbitmq_settings(**rabbitmq_overrides(os.environ, config.worker.preset))
     if config.worker.job_kinds == {"generate"} and "LORAMILL_RABBITMQ_PREFETCH_COUNT" not in os.environ:
         # A generation-only worker holds several jobs to batch them; RabbitMQ only hands it that many
         # if the prefetch allows. A worker that also trains keeps 1: a prefetched job would wait

@@ -33,6 +33,8 @@ def choose_broker(env: Mapping[str, str], flag: str | None = None) -> Choice:
         return Choice(flag, "--broker flag")
     if env.get("LORAMILL_BROKER", "").strip():
         return Choice(env["LORAMILL_BROKER"].strip().lower(), "LORAMILL_BROKER")
+    if env.get("LORAMILL_PRESET", "").strip().lower() == "tsuki":
+        return Choice("rabbitmq", "LORAMILL_PRESET=tsuki and LORAMILL_BROKER is unset")
     hinted = {name: kind for name, kind in BROKER_HINTS if env.get(name, "").strip()}
     kinds = sorted(set(hinted.values()))
     if len(kinds) > 1:

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         worker.run(max_jobs=args.max_jobs)
     finally:
+        worker.close()
         broker.close()
         store.close()
         if health is not None:

@@ -103,6 +103,7 @@ def stop_workers(workers: list[WorkerThread]) -> None:
         w.thread.join(timeout=WORKER_JOIN_SECONDS)
         if w.thread.is_alive():
             log.warning("%s did not stop in %.0fs; its job will be redelivered", w.thread.name, WORKER_JOIN_SECONDS)
+        w.worker.close()
         w.broker.close()
 
 

@@ -38,6 +38,8 @@ class JobRecorder:
                  should_stop: Callable[[], bool] = lambda: False, *, progress_topic: str | None = None) -> None:
         self.store = store
         self.progress_topic = progress_topic  # where processing events go on the broker (None: nowhere)
+        # Told every event published, e.g. jobs/callbacks.py's HTTP status updates; must not block.
+        self.observers: list[Callable[[JobEvent], None]] = []
         self.broker = broker
         self.storage = storage
         self.policy = policy
@@ -185,6 +187,8 @@ class JobRecorder:
         """Put ``event`` on the output topic / queue (retrying a broker hiccup); a ``processing`` event on the
         progress topic instead, or nowhere: source systems' clients read every output message as a result."""
         body = event.to_json()
+        for observe in self.observers:
+            observe(event)
         if JobStatus(event.status) is JobStatus.PROCESSING:
             if self.progress_topic:
                 topic = self.progress_topic

@@ -17,6 +17,7 @@ from loramill.jobs.retry import RetryPolicy
 
 JOB_KINDS = ("train", "generate")
 BROKERS = ("sql", "kafka", "rabbitmq")
+PRESETS = (None, "tsuki")
 
 
 def _default_work_dir() -> Path:
@@ -40,6 +41,8 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAMILL_", extra="ignore", populate_by_name=True)
 
     broker: str = Field("sql", description="sql (embedded), kafka or rabbitmq")
+    preset: str | None = Field(None, description="a source system's clients to accept as they are: tsuki (its "
+                               "queue, message format and HTTP status updates; docs/configuration.md)")
     jobs: str = Field("train,generate", validation_alias="LORAMILL_WORKER_JOBS",
                       description="job kinds this worker takes, comma-separated")
     models: str = Field("", description="base models by name: sd15=/models/sd15,flux=/models/flux1-dev")
@@ -100,6 +103,14 @@ class WorkerSettings(BaseSettings):
         if value < 3 * beat:
             raise ValueError(f"LORAMILL_JOB_STALE_SECONDS ({value}) must be at least 3 x "
                              f"LORAMILL_JOB_HEARTBEAT_SECONDS ({beat}), or a live worker's job is taken over")
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        value = (value or "").strip().lower() or None
+        if value not in PRESETS:
+            raise ValueError(f"{value!r} is not a preset; use one of: {', '.join(p for p in PRESETS if p)}")
         return value
 
     @field_validator("broker")

@@ -29,6 +29,7 @@ from loramill.adapters.store import JobStore
 from loramill.engine.progress import StopRequested
 from loramill.errors import Conflict, LoramillError, TransientError
 from loramill.jobs.batching import GenerationBatcher
+from loramill.jobs.callbacks import StatusCallback
 from loramill.jobs.contracts import JobEvent, failed_event_for, parse_job
 from loramill.jobs.events import Job, JobRecorder
 from loramill.jobs.handlers import checkpoints, handler_for
@@ -36,6 +37,7 @@ from loramill.jobs.handlers.context import STOP_CANCEL, JobContext
 from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
 from loramill.jobs.status import JobStatus
+from loramill.jobs.tsuki import TsukiSettings, is_tsuki, load_tsuki_settings, translate
 from loramill.logs import task_context
 
 if TYPE_CHECKING:
@@ -72,6 +74,17 @@ class Worker:
                                          max_overtaken=settings.generation_max_overtaken)
         self.handled = 0
         self._depth_checked = 0.0
+        # LORAMILL_PRESET=tsuki: that system's requests are translated, and its gateway told over HTTP
+        self.tsuki: TsukiSettings | None = load_tsuki_settings() if settings.preset == "tsuki" else None
+        self.callback: StatusCallback | None = None
+        if self.tsuki is not None and self.tsuki.api_gateway_url:
+            self.callback = StatusCallback(self.tsuki, storage)
+            self.recorder.observers.append(self.callback.observe)
+
+    def close(self) -> None:
+        """Send the status updates still queued, then let go of them (the broker and store are the caller's)."""
+        if self.callback is not None:
+            self.callback.close()
 
     def stop(self) -> None:
         """Stop taking jobs; a running job stops at its next step and is handed back."""
@@ -153,11 +166,13 @@ class Worker:
 
     def handle(self, delivery: Delivery) -> str:
         """One delivery from message to acknowledgement; returns what became of it (``COMPLETED`` …)."""
-        # 1. Read the message: anything that is not a job is set aside with the reason, never retried
+        # 1. Read the message (a source system's format translated first): anything that is not a job is
+        #    set aside with the reason, never retried
+        body = self._translate(delivery.body)
         try:
-            job = parse_job(delivery.body)
+            job = parse_job(body)
         except LoramillError as exc:
-            return self._dead_letter(delivery, exc)
+            return self._dead_letter(delivery, exc, body)
         with task_context(job.task_id):
             # 2. Only the kinds this worker runs; another worker takes the rest
             if job.kind not in self.settings.job_kinds:
@@ -284,17 +299,31 @@ class Worker:
         metrics.DUPLICATES.labels(kind=kind).inc()
         return DUPLICATE
 
-    def _dead_letter(self, delivery: Delivery, error: LoramillError) -> str:
-        """Set a message that is not a runnable job aside, with the reason; answer it if it names a task."""
+    def _translate(self, body: bytes) -> bytes:
+        """A Tsuki request as loramill's generation job (with the preset on); anything else as it is."""
+        if self.tsuki is None or not is_tsuki(body):
+            return body
+        translated = translate(body, self.tsuki)
+        task_id = json.loads(translated).get("taskId")
+        if self.callback is not None and isinstance(task_id, str):
+            self.callback.watch(task_id)  # before parsing: a refused request is reported failed too
+        return translated
+
+    def _dead_letter(self, delivery: Delivery, error: LoramillError, body: bytes | None = None) -> str:
+        """Set a message that is not a runnable job aside, with the reason; answer it if it names a task.
+
+        ``body`` is the message as read (translated from a source system's format); the original goes aside.
+        """
+        body = delivery.body if body is None else body
         reason = f"{error.code}: {error.message}"
         # An event (input and output crossed in the configuration) must not be answered with
         # another event: that would loop, and would fail the job it reports on.
-        event = None if _is_event(delivery.body) else failed_event_for(delivery.body, error)
+        event = None if _is_event(body) else failed_event_for(body, error)
         with task_context(event.task_id if event else None):
             log.warning("message dead-lettered: %s", reason, extra={"code": error.code})
             try:
                 if event is not None and not isinstance(error, Conflict):
-                    self._answer_unreadable(event, delivery.body)
+                    self._answer_unreadable(event, body)
                 self.recorder.io("broker.dead_letter", lambda: self.broker.dead_letter(delivery, reason))
             except TransientError as exc:
                 log.error("dead-lettering failed (%s); the message will come back", exc.message)

@@ -156,6 +156,26 @@ def test_reject_queue_declared_with_other_arguments(make_rabbitmq: MakeBroker) -
         make_rabbitmq("mismatch", max_priority=9)
 
 
+def test_use_job_queue_a_client_declared_plain(make_rabbitmq: MakeBroker, rabbitmq_url: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    name = f"plain-{uuid.uuid4().hex[:6]}"
+
+    async def declare_plain() -> None:  # what Tsuki's client does before loramill ever starts
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            await (await connection.channel()).declare_queue(f"{name}.jobs", durable=True)
+
+    asyncio.run(declare_plain())
+    broker = make_rabbitmq(name)
+    broker.publish_job(b'{"taskId": "t-plain"}', task_id="t-plain")
+
+    delivery = broker.receive(10)
+    assert delivery is not None and delivery.body == b'{"taskId": "t-plain"}'
+    broker.dead_letter(delivery, "invalid_field: test")  # dead-lettering needs no queue arguments
+    assert any("declared plain" in r.getMessage() for r in caplog.records)
+    assert [m.headers["x-loramill-reason"] for m in get_all(rabbitmq_url, f"{name}.jobs.dead", 1)] == [
+        "invalid_field: test"]
+
+
 def test_hide_password_when_broker_unreachable() -> None:
     url = f"amqp://loramill:s3cret-pass@127.0.0.1:{free_port()}/"
     settings = RabbitMQSettings(url=url, operation_timeout_seconds=5)  # type: ignore[arg-type]

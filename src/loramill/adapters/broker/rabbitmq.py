@@ -80,8 +80,36 @@ class RabbitMQBroker(Broker):
         )
         dead = await self._publisher.declare_queue(s.dead_letters, durable=True)
         await dead.bind(self._dead_exchange, routing_key=s.input_queue)
-        self._events = await self._publisher.declare_queue(s.output_queue, durable=True)
-        self._jobs = await self._consumer.declare_queue(s.input_queue, durable=True, arguments=job_queue_arguments(s))
+        if s.output_queue:
+            self._events = await self._publisher.declare_queue(s.output_queue, durable=True)
+        self._jobs = await self._declare_jobs_queue()
+
+    async def _declare_jobs_queue(self) -> aio_pika.abc.AbstractRobustQueue:
+        """The job queue, with loramill's arguments unless it must be plain or already is.
+
+        A queue's arguments are part of its identity: declaring it with others than it was made with fails
+        (PRECONDITION_FAILED) and closes the channel. Clients that declare the queue plain themselves
+        (Tsuki's) would fail the same way if loramill made it first with arguments, hence
+        ``plain_queue``; and a queue someone already made plain is used as it is.
+        """
+        s = self.settings
+        if s.plain_queue:
+            return await self._consumer.declare_queue(s.input_queue, durable=True)
+        probe = await self._connection.channel()  # a failed declare closes its channel: not the consumer's
+        try:
+            await probe.declare_queue(s.input_queue, durable=True, arguments=job_queue_arguments(s))
+            await probe.close()
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            # Made plain by a client? Then a plain declare matches; if that fails too, the queue has other
+            # arguments of its own, and the first declare's error (naming the setting) is the one to raise.
+            plain = await self._connection.channel()
+            await plain.declare_queue(s.input_queue, durable=True)
+            await plain.close()
+            log.warning("queue %r was declared plain (no arguments) by someone else: using it as it is, so "
+                        "without priorities, consumer timeout or server-side dead-lettering; set "
+                        "LORAMILL_RABBITMQ_PLAIN_QUEUE=true to make this the intent", s.input_queue)
+            return await self._consumer.declare_queue(s.input_queue, durable=True)
+        return await self._consumer.declare_queue(s.input_queue, durable=True, arguments=job_queue_arguments(s))
 
     def _warn_if_consumer_timeout_ignored(self) -> None:
         transport = self._connection.transport
@@ -110,6 +138,8 @@ class RabbitMQBroker(Broker):
                    "publish a job")
 
     def publish_event(self, body: bytes, *, task_id: str) -> None:
+        if not self.settings.output_queue:
+            return  # no output queue (LORAMILL_PRESET=tsuki: its clients hear from the status callback)
         message = aio_pika.Message(
             body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=task_id,
             content_type="application/json", headers={"taskId": task_id},
@@ -230,6 +260,8 @@ class RabbitMQBroker(Broker):
 
     def consume_events(self, timeout: float) -> list[bytes]:
         """Events from the output queue: waits up to ``timeout`` for the first, then takes what is there."""
+        if not self.settings.output_queue:
+            return []
 
         async def drain() -> list[bytes]:
             bodies: list[bytes] = []

@@ -26,7 +26,9 @@ class RabbitMQSettings(BaseSettings):
     # A SecretStr because the URL carries the password; logs show redacted_url() only.
     url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     input_queue: str = "loramill.jobs"
-    output_queue: str = "loramill.events"
+    output_queue: str = Field("loramill.events", description="queue status and result events go to; empty: none")
+    plain_queue: bool = Field(False, description="declare the job queue with no arguments, as clients that "
+                              "declare it themselves (durable, nothing else) do; no priorities or consumer timeout")
     dead_letter_exchange: str = "loramill.dead"
     dead_letter_queue: str | None = Field(None, description="Default: '<input_queue>.dead'.")
     max_priority: int = Field(10, ge=1, le=255, description="x-max-priority of the job queue.")
