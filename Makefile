@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # Real models on a GPU are unaffected; `make test TORCH_THREADS=2` restores torch's default here.
 TORCH_THREADS ?= 1
 
-.PHONY: demo test services lint bench soak clean
+.PHONY: demo test services lint bench soak clean reference-models
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -68,6 +68,14 @@ bench: $(STAMP)
 	fi
 	OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench.run --only $(BENCH) $(BENCH_ARGS) \
 	  $(if $(REFERENCE_SCRIPT),--reference-script "$(abspath $(REFERENCE_SCRIPT))" --reference-python $(REF_VENV)/bin/python)
+
+# The reference world (issue 12): trains the VAE, the CLIP model and the SD 1.5 and FLUX.1 models on the
+# coloured-shapes domain into src/loramill/engine/reference/weights/ (committed; figures in docs/quality.md).
+# Deterministic for a seed; stop it any time, the next run resumes from .cache/reference (git-ignored).
+# REFERENCE_ARGS="--stage sd15" runs one stage.
+REFERENCE_ARGS ?=
+reference-models: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 5 $(PY) scripts/train_reference.py $(REFERENCE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

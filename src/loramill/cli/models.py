@@ -1,10 +1,13 @@
-"""``loramill models tiny {sd15,sdxl,flux} DIR``: write a tiny random model of a real architecture."""
+"""``loramill models tiny {sd15,sdxl,flux} DIR``: a tiny random model of a real architecture;
+``loramill models reference {sd15,flux,clip} DIR``: the trained reference world's models (issue 12)."""
 
 from __future__ import annotations
 
 import argparse
 
 from loramill.engine.models.tiny import BUILDERS
+
+REFERENCE_MODELS = ("sd15", "flux", "clip")  # loramill.engine.reference.models.FAMILY_MODELS + the CLIP model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("out_dir", metavar="DIR")
     tiny.add_argument("--seed", type=int, default=0, help="weights are deterministic for a seed (default 0)")
     tiny.set_defaults(func=_tiny)
+    reference = models_sub.add_parser(
+        "reference", help="write a small model trained on loramill's coloured-shapes domain (SD 1.5 or FLUX.1 "
+        "architecture, or the domain's CLIP): it draws what you prompt, so LoRA training shows real learning")
+    reference.add_argument("name", choices=REFERENCE_MODELS)
+    reference.add_argument("out_dir", metavar="DIR")
+    reference.set_defaults(func=_reference)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -24,4 +33,12 @@ def _tiny(args: argparse.Namespace) -> int:
 
     out = write_tiny_model(args.family, args.out_dir, seed=args.seed)
     print(f"wrote tiny {args.family} model to {out}")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from loramill.engine.reference.models import write_reference_model
+
+    out = write_reference_model(args.name, args.out_dir)
+    print(f"wrote the reference {args.name} model to {out}")
     return 0

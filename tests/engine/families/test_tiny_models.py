@@ -44,3 +44,18 @@ def test_load_reports_missing_model(tmp_path):
     with pytest.raises(InvalidInput) as err:
         get_family("sd15").load_pipeline(str(tmp_path / "nowhere"))
     assert err.value.code == "model_not_found"
+
+
+def test_flux_pads_t5_prompts_to_the_model_tokenizers_declared_length():
+    from types import SimpleNamespace
+
+    from loramill.engine.families import flux
+
+    # Real FLUX.1 tokenizers declare 512; an unset maximum reads as a huge number in transformers.
+    assert flux.sequence_length(SimpleNamespace(tokenizer_2=SimpleNamespace(model_max_length=32))) == 32
+    assert flux.sequence_length(SimpleNamespace(tokenizer_2=SimpleNamespace(model_max_length=10**30))) == 512
+    assert flux.sequence_length(None) == 512
+    kwargs = flux.generation_kwargs(prompt="p", negative_prompt="", steps=2, guidance=3.5, width=64, height=64,
+                                    num_images=1, generator=None,  # type: ignore[arg-type]
+                                    pipe=SimpleNamespace(tokenizer_2=SimpleNamespace(model_max_length=32)))
+    assert kwargs["max_sequence_length"] == 32

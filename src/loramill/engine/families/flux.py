@@ -22,7 +22,13 @@ KOHYA_PREFIXES = {"transformer": "lora_transformer", "text_encoder": "lora_te1"}
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.5
 RESOLUTION_MULTIPLE = 16
-MAX_SEQUENCE_LENGTH = 512
+MAX_SEQUENCE_LENGTH = 512  # FLUX.1's T5 length; a model whose T5 tokenizer declares fewer tokens uses that
+
+
+def sequence_length(pipe: Any = None) -> int:
+    """T5 tokens per prompt: 512, or fewer where the model's T5 tokenizer declares a shorter maximum."""
+    declared = getattr(getattr(pipe, "tokenizer_2", None), "model_max_length", None)
+    return min(MAX_SEQUENCE_LENGTH, int(declared)) if isinstance(declared, int) and declared > 0 else MAX_SEQUENCE_LENGTH
 
 
 def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
@@ -35,7 +41,7 @@ def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
 def encode_prompts(pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     """T5 sequence embeddings and CLIP's pooled embedding; text ids are rebuilt from the length."""
     embeds, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, device=pipe.text_encoder.device,
-                                           num_images_per_prompt=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
+                                           num_images_per_prompt=1, max_sequence_length=sequence_length(pipe))
     return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
 
@@ -102,12 +108,12 @@ def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tens
 
 def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,
                       width: int, height: int, num_images: int,
-                      generator: torch.Generator | list[torch.Generator]) -> dict[str, Any]:
+                      generator: torch.Generator | list[torch.Generator], pipe: Any = None) -> dict[str, Any]:
     # FLUX.1-dev is guidance-distilled: `guidance_scale` feeds the guidance embedding; a negative prompt
     # switches on true CFG, which doubles the cost, so it is used only when one is given.
     kwargs = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width,
                   height=height, num_images_per_prompt=num_images, generator=generator,
-                  max_sequence_length=MAX_SEQUENCE_LENGTH)
+                  max_sequence_length=sequence_length(pipe))
     if negative_prompt:
         kwargs.update(negative_prompt=negative_prompt, true_cfg_scale=max(guidance, 1.0))
     return kwargs

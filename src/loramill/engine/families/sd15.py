@@ -76,7 +76,8 @@ def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tens
 
 def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,
                       width: int, height: int, num_images: int,
-                      generator: torch.Generator | list[torch.Generator]) -> dict[str, Any]:
+                      generator: torch.Generator | list[torch.Generator], pipe: Any = None) -> dict[str, Any]:
+    """The pipeline call's arguments (``pipe``: the loaded pipeline, for families whose arguments depend on it)."""
     return dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, width=width, height=height, num_images_per_prompt=num_images,
                 generator=generator)

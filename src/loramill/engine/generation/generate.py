@@ -200,7 +200,7 @@ class Generator:
         if family is not None:
             kwargs = family.generation_kwargs(prompt=prompt, negative_prompt=negative, steps=first.steps,
                                               guidance=first.guidance, width=first.width, height=first.height,
-                                              num_images=per_prompt, generator=generators)
+                                              num_images=per_prompt, generator=generators, pipe=self.pipe)
         else:
             kwargs = dict(prompt=prompt, negative_prompt=negative or None, num_inference_steps=first.steps,
                           guidance_scale=first.guidance, width=first.width, height=first.height,

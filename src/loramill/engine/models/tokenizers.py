@@ -15,8 +15,8 @@ _COMMON_WORDS = (
 ).split()
 
 
-def clip_tokenizer(model_max_length: int = 77):
-    """A CLIPTokenizer over the 256 byte symbols (plus their end-of-word forms) and a few common words."""
+def clip_tokenizer(model_max_length: int = 77, words: tuple[str, ...] = ()):
+    """A CLIPTokenizer over the 256 byte symbols (plus their end-of-word forms), a few common words and ``words``."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
@@ -28,7 +28,7 @@ def clip_tokenizer(model_max_length: int = 77):
         vocab.setdefault(symbol + "</w>", len(vocab))
     merges: list[tuple[str, str]] = []
     # Whole-word merges for common words, built left to right so BPE can reach them.
-    for word in _COMMON_WORDS:
+    for word in (*_COMMON_WORDS, *words):
         if not word.isascii() or not word.isalpha():
             continue
         current = word[0]
@@ -43,15 +43,15 @@ def clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
-def t5_tokenizer(model_max_length: int = 512):
-    """A T5Tokenizer (Unigram) over letters, digits, punctuation and a few common words."""
+def t5_tokenizer(model_max_length: int = 512, words: tuple[str, ...] = ()):
+    """A T5Tokenizer (Unigram) over letters, digits, punctuation, a few common words and ``words``."""
     from transformers import T5Tokenizer
 
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     symbols = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
     pieces += [(ch, -5.0) for ch in symbols]
     pieces += [("\u2581" + ch, -4.0) for ch in symbols]
-    pieces += [("\u2581" + w, -1.0) for w in _COMMON_WORDS]
+    pieces += [("\u2581" + w, -1.0) for w in dict.fromkeys((*_COMMON_WORDS, *words))]
     extra_ids = 8
     pieces += [(f"<extra_id_{i}>", 0.0) for i in range(extra_ids - 1, -1, -1)]
     return T5Tokenizer(vocab=pieces, extra_ids=extra_ids, model_max_length=model_max_length)

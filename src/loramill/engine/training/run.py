@@ -296,7 +296,8 @@ def _validate(family: Any, pipe: Any, config: TrainConfig, step: int, run_dir: P
             side = config.resolution // family.RESOLUTION_MULTIPLE * family.RESOLUTION_MULTIPLE
             kwargs = family.generation_kwargs(prompt=prompt, negative_prompt="", steps=config.validation_steps,
                                               guidance=family.DEFAULT_GUIDANCE, width=side, height=side,
-                                              num_images=1, generator=torch.Generator().manual_seed(config.seed))
+                                              num_images=1, generator=torch.Generator().manual_seed(config.seed),
+                                              pipe=pipe)
             image = pipe(**kwargs).images[0]
             image.save(out_dir / f"step-{step:06d}-{i}.png")
     finally:
