@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from loramill.engine.families import get_family
-from loramill.engine.lora.flux_blocks import bfl_name, to_sd_scripts_flux
+from loramill.engine.lora.flux_blocks import bfl_name, from_sd_scripts_flux, to_sd_scripts_flux
 from loramill.engine.lora.formats import check_layout, layout_of, to_layout
 from loramill.engine.lora.layouts import (
     FAMILIES,
@@ -161,6 +161,31 @@ def test_sd_scripts_flux_survives_diffusers_converter_at_flux1_width():
         assert torch.equal(ours, theirs), m
     mlp = "transformer.single_transformer_blocks.0.proj_mlp"
     assert not torch.any(converted[f"{mlp}.lora_B.weight"] @ converted[f"{mlp}.lora_A.weight"])
+
+
+def test_sd_scripts_flux_splits_back_into_the_kohya_file(pipes):
+    """Reading our own sd-scripts file (e.g. as --init-lora) recovers the kohya file's every weight change."""
+    layers = _lora_layers(pipes["flux"], "flux")
+    prefixes = get_family("flux").KOHYA_PREFIXES
+    kohya = to_layout("kohya", layers, prefixes, 4, 8.0)
+    back = from_sd_scripts_flux(to_layout("sd-scripts", layers, prefixes, 4, 8.0))
+    assert set(back) == set(kohya)
+    for key in (k for k in kohya if k.endswith(".lora_down.weight")):
+        base = key[: -len(".lora_down.weight")]
+        assert torch.allclose(_kohya_delta(back, base), _kohya_delta(kohya, base), atol=1e-6), base
+
+
+def _kohya_delta(tensors: dict[str, torch.Tensor], base: str) -> torch.Tensor:
+    """What a kohya module adds to its layer's weight: alpha / rank · up @ down."""
+    down, up = tensors[f"{base}.lora_down.weight"], tensors[f"{base}.lora_up.weight"]
+    return float(tensors[f"{base}.alpha"]) / down.shape[0] * up @ down
+
+
+def test_sd_scripts_flux_refuses_a_fused_lora_that_is_not_block_diagonal():
+    fused = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.ones(6, 8),
+             "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.ones(24, 6)}
+    with pytest.raises(InvalidInput, match="not block-diagonal"):
+        from_sd_scripts_flux(fused)
 
 
 def _render(pipe) -> np.ndarray:

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from loramill.engine.training.run import train
@@ -40,3 +41,31 @@ def test_sd_scripts_export_refuses_unnamed_flux_module_before_training(tiny_mode
         train(train_config(tiny_models["flux"], sample_images, tmp_path / "x.safetensors", format="sd-scripts",
                            target_modules=["to_q", "x_embedder"], max_steps=1))
     assert not (tmp_path / "x.run" / "metrics.jsonl").exists()
+
+
+
+def test_init_lora_reads_an_sd_scripts_flux_file_like_its_kohya_twin(tmp_path):
+    """--init-lora from our own sd-scripts FLUX file starts where the same LoRA's kohya file starts."""
+    from loramill.engine.families import get_family
+    from loramill.engine.lora.files import write_lora
+    from loramill.engine.lora.formats import to_layout
+    from loramill.engine.models.tiny import build_flux
+    from loramill.engine.training import adapters
+    from loramill.engine.training.init_lora import init_states, read_init_lora
+
+    family, transformer = get_family("flux"), build_flux().transformer
+    adapters.add_lora(transformer, 4, 8.0, family.DEFAULT_TARGET_MODULES)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    layers = {"transformer": adapters.lora_state(transformer)}
+    starts = {}
+    for fmt in ("kohya", "sd-scripts"):
+        path = write_lora(tmp_path / f"{fmt}.safetensors", to_layout(fmt, layers, family.KOHYA_PREFIXES, 4, 8.0),
+                          {"loramill.family": "flux"})
+        starts[fmt] = init_states(read_init_lora(path, "flux"), layers, family.KOHYA_PREFIXES, 4, 8.0)["transformer"]
+    assert set(starts["sd-scripts"]) == set(starts["kohya"]) == set(layers["transformer"])
+    for key, value in starts["kohya"].items():
+        assert torch.allclose(starts["sd-scripts"][key], value, atol=1e-6), key

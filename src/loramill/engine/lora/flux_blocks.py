@@ -99,3 +99,59 @@ def to_sd_scripts_flux(state: dict[str, torch.Tensor], alpha: float) -> dict[str
         out.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
                     f"{name}.alpha": torch.tensor(float(alpha) * len(sizes))})
     return out
+
+
+def _flat_names() -> dict[tuple[str, str], list[tuple[str, int | None]]]:
+    """(block kind, BFL module with _) → its diffusers modules in part order."""
+    names: dict[tuple[str, str], list[tuple[str, int | None]]] = {}
+    for kind, table in (("double", DOUBLE), ("single", SINGLE)):
+        for module, (bfl, part) in sorted(table.items(), key=lambda item: item[1][1] or 0):
+            names.setdefault((kind, bfl.replace(".", "_")), []).append((module, part))
+    return names
+
+
+_KEY = re.compile(r"^lora_unet_(double|single)_blocks_(\d+)_(.+)\.lora_down\.weight$")
+
+
+def from_sd_scripts_flux(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An sd-scripts FLUX file as the kohya layout (``lora_transformer_`` + diffusers names), fused layers split.
+
+    Exact for files whose fused ``lora_up`` is block-diagonal (what loramill and sd-scripts' ``split_qkv``
+    write); a LoRA trained on the fused layer itself has no exact split, and is refused. Parts whose
+    weights are all zero (the untrained MLP part of ``linear1``) are left out.
+    """
+    names = _flat_names()
+    out = {k: v for k, v in tensors.items() if not k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))}
+    for key, down in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            continue
+        kind, index, flat = m.groups()
+        base = key[: -len(".lora_down.weight")]
+        up = tensors[f"{base}.lora_up.weight"]
+        parts = names.get((kind, flat))
+        if parts is None:
+            raise InvalidInput(f"LoRA key {key}: {flat} is not a FLUX block layer loramill knows", code="invalid_lora",
+                               field="lora")
+        prefix = "transformer_blocks" if kind == "double" else "single_transformer_blocks"
+        alpha = float(tensors.get(f"{base}.alpha", torch.tensor(float(down.shape[0]))))
+        count = len(parts)
+        sizes = part_sizes(flat, up.shape[0] // (3 + (MLP_RATIO if count == 4 else 0))) if count > 1 else [up.shape[0]]
+        if down.shape[0] % count or sum(sizes) != up.shape[0]:
+            raise InvalidInput(f"LoRA key {key}: shapes {tuple(down.shape)}/{tuple(up.shape)} are not a fused "
+                               f"{count}-part layer", code="invalid_lora", field="lora")
+        rank, row = down.shape[0] // count, 0
+        for i, ((module, _), size) in enumerate(zip(parts, sizes)):
+            rows = up[row:row + size]
+            if count > 1 and torch.any(torch.cat([rows[:, : i * rank], rows[:, (i + 1) * rank:]], dim=1) != 0):
+                raise InvalidInput(f"LoRA key {base}: its fused lora_up is not block-diagonal (trained on the fused "
+                                   "layer), so it has no exact split into diffusers' separate q/k/v layers",
+                                   code="invalid_lora", field="lora")
+            part_up, part_down = rows[:, i * rank:(i + 1) * rank], down[i * rank:(i + 1) * rank]
+            row += size
+            if count > 1 and not torch.any(part_up):
+                continue
+            name = f"lora_transformer_{prefix}_{index}_{module.replace('.', '_')}"
+            out.update({f"{name}.lora_down.weight": part_down.contiguous(), f"{name}.lora_up.weight": part_up.contiguous(),
+                        f"{name}.alpha": torch.tensor(alpha / count)})
+    return out

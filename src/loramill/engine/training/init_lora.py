@@ -1,4 +1,4 @@
-"""Continuing from a LoRA: its weights, read from a kohya or diffusers file, as the run's starting point.
+"""Continuing from a LoRA: its weights, read from a kohya, diffusers or sd-scripts file, as the run's starting point.
 
 This is not ``--resume`` (which continues the same run exactly, optimizer and all): a continued LoRA
 trains further on new data with fresh optimizer state. The file must fit the run — the same family,
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from loramill.engine.lora.files import LoraFile, read_lora
+from loramill.engine.lora.flux_blocks import from_sd_scripts_flux
 from loramill.engine.lora.formats import canonical_key, layout_of
 from loramill.errors import InvalidInput
 
@@ -29,6 +30,8 @@ def read_init_lora(path: str | Path, family: str) -> LoraFile:
     """Read and check the file: safetensors only, a LoRA layout, trained for ``family``."""
     lora = read_lora(path)
     name = Path(path).name
+    if layout_of(set(lora.tensors)) == "sd-scripts":  # FLUX in BFL blocks: split the fused layers back
+        lora = LoraFile(path=lora.path, tensors=from_sd_scripts_flux(lora.tensors), metadata=lora.metadata)
     if layout_of(set(lora.tensors)) == "unknown":
         raise _bad(f"{name}: not a LoRA (no lora_down/lora_up or lora_A/lora_B weights); give a LoRA file in "
                    "the kohya or diffusers layout", code="invalid_lora")
