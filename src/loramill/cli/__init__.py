@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "worker": "worker",
     "serve": "serve",
     "keys": "keys",
+    "bot": "bot",
     "evaluate": "evaluate",
 }
 
