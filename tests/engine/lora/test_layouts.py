@@ -181,11 +181,17 @@ def _kohya_delta(tensors: dict[str, torch.Tensor], base: str) -> torch.Tensor:
     return float(tensors[f"{base}.alpha"]) / down.shape[0] * up @ down
 
 
-def test_sd_scripts_flux_refuses_a_fused_lora_that_is_not_block_diagonal():
-    fused = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.ones(6, 8),
-             "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.ones(24, 6)}
-    with pytest.raises(InvalidInput, match="not block-diagonal"):
-        from_sd_scripts_flux(fused)
+def test_sd_scripts_flux_splits_a_lora_trained_on_the_fused_layer():
+    """sd-scripts' default trains one LoRA on the fused qkv; each part then gets its rows, exactly."""
+    gen = torch.Generator().manual_seed(0)
+    down, up = torch.randn(6, 8, generator=gen), torch.randn(24, 6, generator=gen)
+    fused = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": down,
+             "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": up,
+             "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(3.0)}
+    split = from_sd_scripts_flux(fused)
+    for i, part in enumerate(("to_q", "to_k", "to_v")):
+        base = f"lora_transformer_transformer_blocks_0_attn_{part}"
+        assert torch.allclose(_kohya_delta(split, base), 3.0 / 6 * up[8 * i:8 * (i + 1)] @ down)
 
 
 def _render(pipe) -> np.ndarray:

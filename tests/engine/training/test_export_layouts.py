@@ -69,3 +69,39 @@ def test_init_lora_reads_an_sd_scripts_flux_file_like_its_kohya_twin(tmp_path):
     assert set(starts["sd-scripts"]) == set(starts["kohya"]) == set(layers["transformer"])
     for key, value in starts["kohya"].items():
         assert torch.allclose(starts["sd-scripts"][key], value, atol=1e-6), key
+
+
+def test_generation_renders_an_sd_scripts_flux_file_like_its_kohya_twin(tiny_models, tmp_path):
+    """Through loramill's own generation, double and single blocks alike, on the tiny (not FLUX.1-wide) model."""
+    import numpy as np
+
+    from loramill.engine.families import get_family
+    from loramill.engine.generation.generate import GenerateRequest, Generator
+    from loramill.engine.generation.loras import LoraSpec
+    from loramill.engine.lora.files import write_lora
+    from loramill.engine.lora.formats import to_layout
+    from loramill.engine.models.tiny import build_flux
+    from loramill.engine.training import adapters
+
+    family, transformer = get_family("flux"), build_flux().transformer
+    adapters.add_lora(transformer, 4, 8.0, family.DEFAULT_TARGET_MODULES)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    layers = {"transformer": adapters.lora_state(transformer)}
+    assert any(k.startswith("single_transformer_blocks.") for k in layers["transformer"])
+    generator = Generator(str(tiny_models["flux"]))
+
+    def render(loras: list) -> np.ndarray:
+        out = generator.generate(GenerateRequest("a photo of sks", loras=loras, width=64, height=64, steps=3, seed=1))
+        return np.asarray(out[0].image, dtype=np.float32) / 255
+
+    images = {}
+    for fmt in ("kohya", "sd-scripts"):
+        path = write_lora(tmp_path / f"{fmt}.safetensors", to_layout(fmt, layers, family.KOHYA_PREFIXES, 4, 8.0),
+                          {"loramill.family": "flux"})
+        images[fmt] = render([LoraSpec(path)])
+    assert np.abs(images["kohya"] - render([])).max() > 0.05, "the LoRA must change the image"
+    assert np.abs(images["kohya"] - images["sd-scripts"]).max() <= 1 / 255

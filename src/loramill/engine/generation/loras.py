@@ -21,6 +21,8 @@ import torch
 
 from loramill.engine.generation.mixed import BASE
 from loramill.engine.lora.files import read_lora
+from loramill.engine.lora.flux_blocks import from_sd_scripts_flux
+from loramill.engine.lora.formats import layout_of
 from loramill.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -196,10 +198,14 @@ class AdapterCache:
             raise InvalidInput(f"LoRA {path.name} was trained for {family}; this model is {self.family}. "
                                f"Use a {family} base model or a LoRA trained for {self.family}",
                                code="lora_incompatible", field="lora")
-        self._states[name] = lora.tensors
+        tensors = lora.tensors
+        if layout_of(set(tensors)) == "sd-scripts":
+            # diffusers' converter for BFL-named FLUX LoRAs assumes FLUX.1's widths; ours splits at any width.
+            tensors = from_sd_scripts_flux(tensors)
+        self._states[name] = tensors
         while len(self._states) > self.max_in_memory:
             self._states.popitem(last=False)
-        return lora.tensors
+        return tensors
 
     def _delete(self, slot: str) -> None:
         self._layouts.pop(slot, None)

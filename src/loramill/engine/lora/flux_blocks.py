@@ -116,9 +116,10 @@ _KEY = re.compile(r"^lora_unet_(double|single)_blocks_(\d+)_(.+)\.lora_down\.wei
 def from_sd_scripts_flux(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An sd-scripts FLUX file as the kohya layout (``lora_transformer_`` + diffusers names), fused layers split.
 
-    Exact for files whose fused ``lora_up`` is block-diagonal (what loramill and sd-scripts' ``split_qkv``
-    write); a LoRA trained on the fused layer itself has no exact split, and is refused. Parts whose
-    weights are all zero (the untrained MLP part of ``linear1``) are left out.
+    Exact either way: a block-diagonal fused ``lora_up`` (what loramill and sd-scripts' ``split_qkv`` write)
+    splits into rank-r parts, leaving out parts that are all zero (the untrained MLP part of ``linear1``);
+    a LoRA trained on the fused layer itself gives each part the whole ``lora_down`` and its rows of
+    ``lora_up`` (as diffusers' converter does). Unlike diffusers' converter, any FLUX width works.
     """
     names = _flat_names()
     out = {k: v for k, v in tensors.items() if not k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))}
@@ -137,21 +138,23 @@ def from_sd_scripts_flux(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
         alpha = float(tensors.get(f"{base}.alpha", torch.tensor(float(down.shape[0]))))
         count = len(parts)
         sizes = part_sizes(flat, up.shape[0] // (3 + (MLP_RATIO if count == 4 else 0))) if count > 1 else [up.shape[0]]
-        if down.shape[0] % count or sum(sizes) != up.shape[0]:
-            raise InvalidInput(f"LoRA key {key}: shapes {tuple(down.shape)}/{tuple(up.shape)} are not a fused "
-                               f"{count}-part layer", code="invalid_lora", field="lora")
-        rank, row = down.shape[0] // count, 0
-        for i, ((module, _), size) in enumerate(zip(parts, sizes)):
-            rows = up[row:row + size]
-            if count > 1 and torch.any(torch.cat([rows[:, : i * rank], rows[:, (i + 1) * rank:]], dim=1) != 0):
-                raise InvalidInput(f"LoRA key {base}: its fused lora_up is not block-diagonal (trained on the fused "
-                                   "layer), so it has no exact split into diffusers' separate q/k/v layers",
-                                   code="invalid_lora", field="lora")
-            part_up, part_down = rows[:, i * rank:(i + 1) * rank], down[i * rank:(i + 1) * rank]
-            row += size
+        if sum(sizes) != up.shape[0]:
+            raise InvalidInput(f"LoRA key {base}.lora_up.weight: {up.shape[0]} rows are not a fused {count}-part FLUX "
+                               "layer", code="invalid_lora", field="lora")
+        rows = list(torch.split(up, sizes))
+        sparse = count > 1 and down.shape[0] % count == 0 and _block_diagonal(rows, down.shape[0] // count)
+        rank = down.shape[0] // count if sparse else down.shape[0]
+        for i, ((module, _), part_rows) in enumerate(zip(parts, rows)):
+            part_up = part_rows[:, i * rank:(i + 1) * rank] if sparse else part_rows
+            part_down = down[i * rank:(i + 1) * rank] if sparse else down
             if count > 1 and not torch.any(part_up):
                 continue
             name = f"lora_transformer_{prefix}_{index}_{module.replace('.', '_')}"
             out.update({f"{name}.lora_down.weight": part_down.contiguous(), f"{name}.lora_up.weight": part_up.contiguous(),
-                        f"{name}.alpha": torch.tensor(alpha / count)})
+                        f"{name}.alpha": torch.tensor(alpha / count if sparse else alpha)})
     return out
+
+
+def _block_diagonal(rows: list[torch.Tensor], rank: int) -> bool:
+    """Whether part i's rows of a fused ``lora_up`` are zero outside columns i·rank … (i+1)·rank."""
+    return all(not torch.any(torch.cat([r[:, : i * rank], r[:, (i + 1) * rank:]], dim=1)) for i, r in enumerate(rows))
