@@ -96,7 +96,7 @@ def best_layout(family: str) -> str:
 def layout_warnings(fmt: str, family: str) -> list[str]:
     """What a ``fmt`` file for ``family`` will not load in, and the layout that loads there (empty: loads everywhere)."""
     check_format(fmt)
-    cells = LOADS[(fmt, family)]
+    cells = LOADS.get((fmt, family), {})  # a family the table does not cover makes no claims
     text_only = [tool for tool, s in cells.items() if s.loads == TEXT_ONLY]
     nothing = [tool for tool, s in cells.items() if s.loads == NO]
     if not text_only and not nothing:
