@@ -28,7 +28,6 @@ from loramill.engine.lora.layouts import (
     layout_warnings,
     markdown_table,
 )
-from loramill.engine.models import tiny
 from loramill.engine.training import adapters
 from loramill.errors import InvalidInput
 from tests.engine.lora import tool_rules as rules
@@ -37,13 +36,8 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 @pytest.fixture(scope="module")
-def pipes() -> dict[str, object]:
-    built = {family: tiny.BUILDERS[family]() for family in FAMILIES}
-    for pipe in built.values():  # freshly built modules are in training mode (T5's dropout would be on)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
-    return built
+def pipes(tiny_models) -> dict[str, object]:
+    return {family: get_family(family).load_pipeline(str(tiny_models[family])) for family in FAMILIES}
 
 
 def _lora_layers(pipe, family: str, text_encoder: bool = True, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
