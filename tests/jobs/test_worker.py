@@ -249,7 +249,11 @@ def test_publish_throttled_progress_events(rig: Rig) -> None:
 
     rig.events.wait_for(task, "completed")
     progress = [e.body["progress"] for e in rig.store.list_events(task) if "progress" in e.body]
-    assert len(progress) == 1 and set(progress[0]) >= {"step", "totalSteps"}
+    # The first report, then only each stage's last step (so the finished job reads n/n, not a stale step)
+    assert set(progress[0]) >= {"step", "totalSteps"}
+    assert all(p["step"] == p["totalSteps"] for p in progress[1:]) and len(progress) <= 1 + len(
+        {p.get("stage") for p in progress})
+    assert progress[-1] == {"step": 4, "totalSteps": 4, "stage": "train"}
     assert rig.store.get_job(task).progress is not None  # type: ignore[union-attr]
 
 

@@ -27,6 +27,10 @@ def validate_key(key: str) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidInput(f"storage key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}",
                            code="invalid_storage_key", field="key")
+    if "://" in key or key.lower().startswith(("http:", "https:", "s3:", "data:")):
+        raise InvalidInput(f"storage key {key[:200]!r} is a URL, not a key; upload the file (or fetch it with "
+                           "`loramill dataset prepare URL`) and give its key, like users/<userId>/images/a.jpg",
+                           code="invalid_storage_key", field="key")
     decoded = key
     for _ in range(3):  # catch %2e%2e and double encodings
         decoded = unquote(decoded)

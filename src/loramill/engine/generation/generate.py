@@ -208,9 +208,11 @@ class Generator:
 
         # 3. Denoise, reporting each step; a callback may stop the run (cancel).
         def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            # Some schedulers run more timesteps than asked (PNDM adds one): report the real count.
-            total = max(int(getattr(pipe, "num_timesteps", first.steps) or first.steps), i + 1)
-            progress(Progress("generate", i + 1, total))
+            # Some schedulers run more timesteps than asked (PNDM adds one): progress is counted in the
+            # steps the user asked for, the real timesteps scaled onto them, so the last one reads n/n.
+            timesteps = max(int(getattr(pipe, "num_timesteps", first.steps) or first.steps), i + 1)
+            step = max(1, min(first.steps, round((i + 1) * first.steps / timesteps)))
+            progress(Progress("generate", step, first.steps))
             return {}
 
         started = time.monotonic()

@@ -92,6 +92,13 @@ def _loramill_error(request: Request, exc: Exception) -> JSONResponse:
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        # Its "loc" is the character position, not a field: a truncated body is not "field 13"
+        position = next((p for p in first.get("loc", ()) if isinstance(p, int)), None)
+        where = f" at character {position}" if position is not None else ""
+        reason = str((first.get("ctx") or {}).get("error") or first.get("msg") or "invalid JSON")
+        return JSONResponse(error_body("invalid_json", f"the request body is not valid JSON{where} ({reason}); "
+                                       "send a complete JSON object"), status_code=422)
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
     field = ".".join(loc)
     message = f"{field or 'request'}: {first.get('msg', 'is invalid')}"
@@ -106,6 +113,11 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "body_too_large"}
     status, message = exc.status_code, str(exc.detail) if exc.detail else "request failed"
     headers = dict(getattr(exc, "headers", None) or {})
+    if status == 400 and request.headers.get("content-type", "").startswith("multipart/"):
+        # Starlette's own words say which limit (e.g. "Too many fields. Maximum number of fields is 1000.")
+        return JSONResponse(error_body("invalid_form", f"the multipart form could not be read: {message} Send "
+                                       "each image as an 'images' part, at most LORAMILL_MAX_IMAGES of them"),
+                            status_code=422)
     if status == 400:
         # FastAPI's answer to a body that is not JSON (or not UTF-8): the same 422 as any bad input
         return JSONResponse(error_body("invalid_json", "the request body is not valid UTF-8 JSON; send a JSON "

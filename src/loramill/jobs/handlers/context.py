@@ -90,8 +90,10 @@ class JobContext:
             self._last_step_at = now
         # 2. Stop here if the worker is shutting down or the owner canceled (the engine checkpoints first)
         self.check_stop(now)
-        # 3. A processing event now and then, never more often than the configured interval
-        if self._last_report is None or now - self._last_report >= self.settings.progress_interval:
+        # 3. A processing event now and then, never more often than the configured interval; a stage's
+        #    last step always, so a finished job's stored progress reads n/n, not the last throttled step
+        last = report.step >= report.total
+        if self._last_report is None or last or now - self._last_report >= self.settings.progress_interval:
             self._last_report = now
             self.recorder.progress(self.job, report.step, report.total, report.stage)
 

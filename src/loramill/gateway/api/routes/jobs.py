@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +25,15 @@ REPEATED: dict[int | str, dict[str, Any]] = {
     200: {"model": JobPublic, "description": "the job already existed (a repeated Idempotency-Key)"}}
 
 
+async def _body_task_id(request: Request) -> object:
+    """The ``taskId`` of a JSON body, if it has one (FastAPI has read and cached the body already)."""
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        return None
+    return data.get("taskId") if isinstance(data, dict) else None
+
+
 def created(response: Response, job: JobPublic, is_new: bool) -> JobPublic:
     """202 + Location for a new job; 200 + Location when an idempotent repeat found it."""
     response.status_code = 202 if is_new else 200
@@ -34,12 +44,17 @@ def created(response: Response, job: JobPublic, is_new: bool) -> JobPublic:
 @router.put("/{job_id}", response_model=JobPublic, status_code=202, responses={200: {"model": JobPublic,
             "description": "the job already existed (a repeated PUT)"}, **CREATE_ERRORS})
 def put_job(job_id: str, body: Annotated[TrainingCreate | GenerationCreate, Body()], gateway: GatewayDep,
-            who: PrincipalDep, response: Response) -> JobPublic:
+            who: PrincipalDep, response: Response,
+            body_task_id: Annotated[object, Depends(_body_task_id)] = None) -> JobPublic:
     """Create a job under your own id; repeating the request returns the same job (Replicate Cog style).
 
-    The body is a training job (``images`` as storage keys) or a generation job (``prompt``).
+    The body is a training job (``images`` as storage keys) or a generation job (``prompt``); a ``taskId``
+    in it, if any, must be the id in the path.
     """
-    record, is_new = gateway.put_job(who, job_id, body.model_dump(by_alias=True, exclude_none=True))
+    fields = body.model_dump(by_alias=True, exclude_none=True)
+    if body_task_id is not None:
+        fields["taskId"] = body_task_id  # the schemas have no taskId: it would be dropped, unchecked
+    record, is_new = gateway.put_job(who, job_id, fields)
     return created(response, job_public(record), is_new)
 
 

@@ -59,9 +59,18 @@ def create_training(
     return created(response, job_public(record), is_new)
 
 
+MAX_OPTION_DEPTH = 8  # options are flat values, a list or a small object (validationPrompts, loras)
+
+
 def _options(text: str | None) -> dict[str, object]:
     if not text:
         return {}
+    # Counted before parsing: 3,000 nested brackets would recurse through every later step (and did: a 500).
+    depth = _bracket_depth(text)
+    if depth > MAX_OPTION_DEPTH:
+        raise InvalidInput(f"configurationParams is nested {depth} levels deep; options are nested at most "
+                           f"{MAX_OPTION_DEPTH}, e.g. {{\"networkAlpha\": 4}}", code="invalid_field",
+                           field="configurationParams")
     try:
         value = json.loads(text)
     except ValueError:
@@ -70,3 +79,20 @@ def _options(text: str | None) -> dict[str, object]:
         raise InvalidInput("configurationParams must be a JSON object, e.g. {\"networkAlpha\": 4}",
                            code="invalid_field", field="configurationParams")
     return value
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text``, outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (not escaped and char == "\\"), in_string and (escaped or char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
