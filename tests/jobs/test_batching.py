@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loramill.engine.generation.generate import GeneratedImage, GenerateRequest, Plan
-from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.loras import LoraRef
 from loramill.engine.progress import Progress, StopRequested
 from loramill.errors import InvalidInput
 from loramill.jobs.batching import GenerationBatcher
@@ -60,8 +60,8 @@ class FakeGenerator:
                 for p in plans]
 
 
-def lora(name: str) -> list[LoraSpec]:
-    return [LoraSpec(Path(f"/loras/{name}.safetensors"))]
+def lora(name: str) -> list[LoraRef]:
+    return [LoraRef(Path(f"/loras/{name}.safetensors"))]
 
 
 def submit(batcher: GenerationBatcher, gen: FakeGenerator, request: GenerateRequest, results: dict[str, Any],

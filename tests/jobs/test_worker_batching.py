@@ -19,7 +19,7 @@ from loramill.adapters.broker.sql import SqlBroker
 from loramill.adapters.storage.local import LocalStorage
 from loramill.adapters.store import JobStore
 from loramill.engine.generation.generate import GenerateRequest, Generator
-from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.loras import LoraRef
 from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
 from loramill.jobs.worker import Worker
@@ -100,7 +100,7 @@ def test_queued_generations_share_runs_and_each_image_is_its_lone_render(stack: 
     # 3. Batching changes nothing a user sees: each PNG is the image its request gives alone.
     weights = stack.storage.get_file(f"users/u/models/{lora}.safetensors", tmp_path / "lora.safetensors")
     alone = Generator(str(tiny_sd15))
-    for task, seed, loras in [(with_lora[0], 3, [LoraSpec(weights, 0.9)]), (plain[1], 6, [])]:
+    for task, seed, loras in [(with_lora[0], 3, [LoraRef(weights, 0.9)]), (plain[1], 6, [])]:
         request = GenerateRequest(prompt="sks, a portrait, white background", width=64, height=64, steps=2,
                                   guidance=5.0, seed=seed, loras=loras)
         expected = np.asarray(alone.generate(request)[0].image, dtype=np.int16)

@@ -1,28 +1,28 @@
-"""``loramill generate``: text to image on a base model, with any number of LoRAs at chosen weights."""
+"""``loramill generate``: text to image on a base model, with any number of LoRAs at chosen weights.
+
+Every option flag comes from ``GenerateRequest``'s declarations (``loramill.cli.options``); ``--lora``
+takes ``FILE[:WEIGHT]`` for the spec's ``loras``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from loramill.errors import InvalidInput
+from loramill.cli.options import add_option_flags, as_flags, option_values
+from loramill.engine.families import FAMILIES
+from loramill.engine.generation.request import GenerateRequest, LoraRef
+from loramill.engine.options import options_of
+from loramill.errors import InvalidInput, LoramillError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate images, optionally with LoRAs", description=__doc__)
     p.add_argument("--model", required=True, help="base model: diffusers folder, single-file checkpoint, or hub id")
-    p.add_argument("--family", choices=["sd15", "sdxl", "flux"], help="model family (default: detected)")
-    p.add_argument("--prompt", required=True, help="may contain A1111 tags <lora:NAME:WEIGHT> (see --lora-dir)")
-    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--family", choices=FAMILIES, help="model family (default: detected)")
+    add_option_flags(p, GenerateRequest, skip=("loras",))
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
-                   help="a LoRA to apply (repeatable: compose a style and a subject)")
-    p.add_argument("--lora-dir", type=Path, help="folder where <lora:NAME> tags are looked up")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-images", type=int, default=1)
+                   help=options_of(GenerateRequest)["loras"].help + " (repeatable)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -41,22 +41,22 @@ def parse_lora_arg(value: str) -> tuple[Path, float]:
 
 def run(args: argparse.Namespace) -> int:
     from loramill.cli.progress import ProgressBar
-    from loramill.engine.generation.generate import GenerateRequest, Generator, save_images
-    from loramill.engine.generation.loras import LoraSpec
+    from loramill.engine.generation.generate import Generator, save_images
 
-    loras = [LoraSpec(*parse_lora_arg(v)) for v in args.lora]
-    for spec in loras:
-        if not spec.path.is_file():
-            raise InvalidInput(f"--lora {spec.path}: no such file", code="lora_not_found", field="lora")
-    request = GenerateRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, loras=loras,
-                              lora_dir=args.lora_dir, steps=args.steps, guidance=args.guidance, width=args.width,
-                              height=args.height, seed=args.seed, num_images=args.num_images)
-    generator = Generator(args.model, family=args.family)
-    bar = ProgressBar(disable=args.quiet)
     try:
-        images = generator.generate(request, progress=bar)
-    finally:
-        bar.close()
+        loras = [LoraRef(path=path, weight=weight) for path, weight in map(parse_lora_arg, args.lora)]
+        for ref in loras:
+            if not ref.path.is_file():
+                raise InvalidInput(f"loras: {ref.path}: no such file", code="lora_not_found", field="loras")
+        request = GenerateRequest(**option_values(args, GenerateRequest), loras=loras)
+        generator = Generator(args.model, family=args.family)
+        bar = ProgressBar(disable=args.quiet)
+        try:
+            images = generator.generate(request, progress=bar)
+        finally:
+            bar.close()
+    except LoramillError as exc:
+        raise as_flags(exc, GenerateRequest, {"loras": "--lora"}) from None
     for path in save_images(images, args.out):
         print(path)
     return 0

@@ -14,8 +14,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar
 
 import pydantic_core
 from pydantic import (
@@ -31,22 +31,26 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from loramill.adapters.storage.base import validate_key
+from loramill.engine.generation.request import GenerateRequest
+from loramill.engine.generation.request import LoraRef as EngineLoraRef
+from loramill.engine.options import (
+    MISSING_HINTS,
+    Name,
+    describe_validation_error,
+    options_of,
+)
+from loramill.engine.training.config import TrainConfig
 from loramill.errors import InvalidInput, LoramillError
 from loramill.jobs.status import JobStatus
+from loramill.jobs.wire import wire_model, wire_type
 
 logger = logging.getLogger("loramill.jobs")
 
 MAX_JOB_BYTES = 4 * 1024 * 1024  # far above any real job; a 1 MB prompt still gets its field's error
-MAX_PROMPT_CHARS = 2000
 MAX_IMAGES = 200
 MAX_LORAS = 8
-MAX_VALIDATION_PROMPTS = 8
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127}")
-_OPTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-# C0 and C1 controls, DEL and lone surrogates; prompts may keep tab and newlines.
-_CONTROL_MULTILINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-_CONTROL_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NON_JSON_NUMBER = re.compile(r"\b(NaN|Infinity)\b")
 
 
@@ -61,25 +65,6 @@ def _check_id(value: str) -> str:
             "invalid_id", "must be 1-128 characters from A-Z a-z 0-9 . _ - @ + = starting with a letter or "
             "digit (it becomes part of storage keys); a UUID works")
     return value
-
-
-def _text(max_chars: int, *, multiline: bool, required: bool) -> Callable[[str], str]:
-    control = _CONTROL_MULTILINE if multiline else _CONTROL_LINE
-
-    def check(value: str) -> str:
-        if len(value) > max_chars:
-            raise PydanticCustomError("text_too_long", "is {length} characters long; the limit is {limit}, "
-                                      "shorten it", {"length": len(value), "limit": max_chars})
-        bad = control.search(value)
-        if bad:
-            raise PydanticCustomError("control_character", "contains the control character {char} at "
-                                      "position {pos}; remove it",
-                                      {"char": f"U+{ord(bad.group()):04X}", "pos": bad.start()})
-        if required and not value.strip():
-            raise PydanticCustomError("blank_text", "is empty; give some text")
-        return value
-
-    return check
 
 
 def _check_key(value: str) -> str:
@@ -100,22 +85,18 @@ def _cap(limit: int, what: str) -> Any:
     return BeforeValidator(check)
 
 
-def _option(value: str) -> str:
-    if not _OPTION.fullmatch(value):
-        raise PydanticCustomError("invalid_option", "must be a short name such as 'adamw8bit' or 'cosine'")
-    return value.lower()
-
-
 Identifier = Annotated[str, BeforeValidator(_id_from_int), AfterValidator(_check_id)]
 StorageKey = Annotated[str, AfterValidator(_check_key)]
-Prompt = Annotated[str, AfterValidator(_text(MAX_PROMPT_CHARS, multiline=True, required=True))]
-NegativePrompt = Annotated[str, AfterValidator(_text(MAX_PROMPT_CHARS, multiline=True, required=False))]
-Name = Annotated[str, AfterValidator(_text(256, multiline=False, required=True))]
-TriggerWord = Annotated[str, AfterValidator(_text(64, multiline=False, required=True))]
-Option = Annotated[str, AfterValidator(_option)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Priority = Annotated[int, Field(ge=0, le=10)]
 Size = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+MISSING_HINTS.update({
+    "taskId": "give every job a unique id, e.g. a UUID",
+    "userId": "give the id of the user the job belongs to",
+    "images": "list the storage keys of the training images, e.g. users/<userId>/images/1.jpg",
+    "prompt": "describe the image to generate",
+    "id": "give the registry id of the LoRA",
+})
 
 
 class _Wire(BaseModel):
@@ -151,26 +132,15 @@ class _Wire(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class TrainingConfig(_Wire):
-    """``configurationParams`` of a training job; ``None`` means the model family's default."""
+_TrainingWire = wire_model(
+    TrainConfig, "_TrainingWire", _Wire, "TrainConfig's wire options.",
+    # service-only: a name in the worker's model registry (LORAMILL_MODELS), resolved to the engine's ``model``
+    base_model=(Name | None, Field(None, description="base model by name; default: the worker's")),
+)
 
-    epochs: Annotated[int, Field(ge=1, le=1000)] | None = None
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
-    network_dim: Annotated[int, Field(ge=1, le=256)] | None = None
-    network_alpha: Annotated[float, Field(gt=0, le=1024)] | None = None
-    max_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
-    batch_size: Annotated[int, Field(ge=1, le=64)] | None = None
-    gradient_accumulation: Annotated[int, Field(ge=1, le=128)] | None = None
-    resolution: Size | None = None
-    optimizer: Option | None = None
-    lr_scheduler: Option | None = None
-    captioner: Option | None = None
-    subject_type: Literal["face", "object", "style"] | None = None
-    checkpoint_every_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
-    seed: Seed | None = None
-    base_model: Name | None = None
-    trigger_word: TriggerWord | None = None
-    validation_prompts: Annotated[list[Prompt], _cap(MAX_VALIDATION_PROMPTS, "prompts")] | None = None
+
+class TrainingConfig(_TrainingWire):  # type: ignore[misc,valid-type]
+    """``configurationParams`` of a training job: ``TrainConfig``'s wire options; ``None`` = the default."""
 
 
 class TrainingJob(_Wire):
@@ -186,30 +156,29 @@ class TrainingJob(_Wire):
 
 
 class LoraRef(_Wire):
-    """A trained LoRA to apply during generation, by registry id, with its strength."""
+    """A trained LoRA to apply during generation, by registry id, with its strength (the engine's is a file)."""
 
     id: Identifier
-    weight: Annotated[float, Field(ge=-4, le=4)] = 1.0
+    weight: wire_type(options_of(EngineLoraRef)["weight"]) = Field(  # type: ignore[valid-type]
+        1.0, description=options_of(EngineLoraRef)["weight"].help)
 
 
-class GenerationJob(_Wire):
+_GenerationWire = wire_model(
+    GenerateRequest, "_GenerationWire", _Wire, "GenerateRequest's wire options.",
+    task_id=(Identifier, ...), user_id=(Identifier, ...),
+    # service-only: a name in the worker's model registry (LORAMILL_MODELS)
+    base_model=(Name | None, Field(None, description="base model by name; default: the worker's")),
+    # service-only: by registry id (the engine takes files); a job may not make a worker juggle more than
+    # this many adapters
+    loras=(Annotated[list[LoraRef], _cap(MAX_LORAS, "LoRAs")], Field(default_factory=list)),
+    priority=(Priority, 0),
+)
+
+
+class GenerationJob(_GenerationWire):  # type: ignore[misc,valid-type]
     """Generate images from a prompt, optionally with LoRAs (SPEC.md 3.3); ``None`` = family default."""
 
     kind: ClassVar[str] = "generate"
-
-    task_id: Identifier
-    user_id: Identifier
-    prompt: Prompt
-    negative_prompt: NegativePrompt = ""
-    width: Size | None = None
-    height: Size | None = None
-    steps: Annotated[int, Field(ge=1, le=200)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0, le=30)] | None = None
-    seed: Seed | None = None
-    num_images: Annotated[int, Field(ge=1, le=8)] = 1
-    base_model: Name | None = None
-    loras: Annotated[list[LoraRef], _cap(MAX_LORAS, "LoRAs")] = Field(default_factory=list)
-    priority: Priority = 0
 
 
 Job = TrainingJob | GenerationJob
@@ -248,62 +217,6 @@ def parse_job(raw: bytes | str | Mapping[str, Any]) -> Job:
 def to_snake(name: str) -> str:
     """``learningRate`` → ``learning_rate`` (for hints about misplaced fields)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-_JSON_TYPES = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string",
-               list: "an array", dict: "an object"}
-_MISSING_HINTS = {
-    "taskId": "give every job a unique id, e.g. a UUID",
-    "userId": "give the id of the user the job belongs to",
-    "images": "list the storage keys of the training images, e.g. users/<userId>/images/1.jpg",
-    "prompt": "describe the image to generate",
-    "id": "give the registry id of the LoRA",
-}
-
-
-def describe_validation_error(exc: ValidationError) -> tuple[str, str, str]:
-    """``(field, message, code)`` for the first problem in ``exc``, worded for the person who sent it."""
-    errors = exc.errors(include_url=False, include_context=True, include_input=True)
-    first = errors[0]
-    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
-    kind, ctx, value = first["type"], first.get("ctx") or {}, first.get("input")
-    got = _JSON_TYPES.get(type(value), type(value).__name__)
-    shown = repr(value) if isinstance(value, int | float) and len(repr(value)) <= 24 else got
-    if isinstance(value, int) and not isinstance(value, bool) and len(repr(value)) > 24:
-        shown = f"a {len(str(abs(value)))}-digit number"
-    elif isinstance(value, float) and not math.isfinite(value):
-        shown = "a number too large to represent"
-    if kind == "missing":
-        last = str(first["loc"][-1]) if first["loc"] else ""
-        text = f"is required; {_MISSING_HINTS.get(last, 'add it')}"
-    elif kind in ("int_type", "int_parsing", "int_from_float"):
-        text = f"must be a whole number, not {shown}"
-    elif kind in ("float_type", "float_parsing"):
-        text = f"must be a number, not {got}"
-    elif kind in ("string_type", "bool_type", "list_type", "model_type", "dict_type", "model_attributes_type"):
-        wanted = {"string_type": "a string", "bool_type": "true or false", "list_type": "an array"}
-        text = f"must be {wanted.get(kind, 'an object')}, not {got}"
-    elif kind == "finite_number":
-        text = "must be a finite number; NaN and Infinity are not accepted"
-    elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        words = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le"),
-                 "greater_than": ("greater than", "gt"), "less_than": ("less than", "lt")}[kind]
-        text = f"must be {words[0]} {ctx.get(words[1])}, not {shown}"
-    elif kind == "multiple_of":
-        step = ctx.get("multiple_of", 1)
-        near = int(value // step * step) if isinstance(value, int | float) else None
-        text = f"must be a multiple of {step}, not {shown}" + (f"; try {near}" if near else "")
-    elif kind == "too_short":
-        text = f"needs at least {ctx.get('min_length')} item(s)"
-    elif kind == "literal_error":
-        text = f"must be one of {ctx.get('expected')}, not {shown if got == 'a number' else repr(value)[:40]}"
-    else:
-        text = first["msg"]
-    message = f"{field or 'job'}: {text}"
-    if len(errors) > 1:
-        others = ", ".join(sorted({str(e["loc"][0]) for e in errors[1:] if e["loc"]}))
-        message += f" (and {len(errors) - 1} more problem(s){' in ' + others if others else ''})"
-    return field, message, "missing_field" if kind == "missing" else "invalid_field"
 
 
 def _load_object(raw: bytes | str | Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loramill.engine.generation.generate import GenerateRequest, Generator
-from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.loras import LoraRef
 from loramill.engine.lora.files import read_lora, write_lora
 from loramill.engine.training.run import train
 from tests.engine.conftest import train_config
@@ -35,7 +35,7 @@ def loras(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 def render(gen: Generator, path: Path) -> np.ndarray:
-    request = GenerateRequest("a photo of sks", loras=[LoraSpec(path, 0.9)], width=64, height=64, steps=3, seed=7)
+    request = GenerateRequest("a photo of sks", loras=[LoraRef(path, 0.9)], width=64, height=64, steps=3, seed=7)
     return np.asarray(gen.generate(request)[0].image, dtype=np.float32)
 
 
@@ -61,6 +61,6 @@ def test_activate_same_set_again_skips_set_adapters(tiny_models: dict[str, Path]
     original = gen.pipe.set_adapters
     gen.pipe.set_adapters = lambda *a, **k: (calls.append(a), original(*a, **k))  # type: ignore[method-assign]
     for _ in range(3):
-        gen.adapters.activate([LoraSpec(loras["a"], 1.0)])
-    gen.adapters.activate([LoraSpec(loras["a"], 0.5)])
+        gen.adapters.activate([LoraRef(loras["a"], 1.0)])
+    gen.adapters.activate([LoraRef(loras["a"], 0.5)])
     assert len(calls) == 2

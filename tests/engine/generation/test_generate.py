@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from loramill.engine.generation.generate import GenerateRequest, Generator, save_images
-from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.loras import LoraRef
 from loramill.engine.generation.tags import extract_lora_tags
 from loramill.engine.training.run import train
 from loramill.errors import InvalidInput
@@ -43,9 +43,9 @@ def trained(tiny_models, tmp_path_factory):
 def test_generate_composes_two_loras_and_tags_match_flags(tiny_models, trained):
     gen = Generator(str(tiny_models["sd15"]))
     req = dict(width=64, height=64, steps=3, seed=5)
-    subject = gen.generate(GenerateRequest("a photo of sks", loras=[LoraSpec(trained["sd15"], 0.8)], **req))
-    both = gen.generate(GenerateRequest("a photo of sks", loras=[LoraSpec(trained["sd15"], 0.8),
-                                                                 LoraSpec(trained["style"], 0.5)], **req))
+    subject = gen.generate(GenerateRequest("a photo of sks", loras=[LoraRef(trained["sd15"], 0.8)], **req))
+    both = gen.generate(GenerateRequest("a photo of sks", loras=[LoraRef(trained["sd15"], 0.8),
+                                                                 LoraRef(trained["style"], 0.5)], **req))
     tagged = gen.generate(GenerateRequest("<lora:sd15:0.8> a photo of sks <lora:style:0.5>",
                                           lora_dir=trained["dir"], **req))
     a, b, c = (np.asarray(x[0].image, dtype=np.float32) for x in (subject, both, tagged))
@@ -67,7 +67,7 @@ def test_saved_png_carries_parameters(tiny_models, tmp_path):
 def test_generate_refuses_lora_of_other_family(tiny_models, trained):
     gen = Generator(str(tiny_models["sd15"]))
     with pytest.raises(InvalidInput) as err:
-        gen.generate(GenerateRequest("x", loras=[LoraSpec(trained["sdxl"])], width=64, height=64, steps=2))
+        gen.generate(GenerateRequest("x", loras=[LoraRef(trained["sdxl"])], width=64, height=64, steps=2))
     assert err.value.code == "lora_incompatible" and "sdxl" in err.value.message
 
 
@@ -78,7 +78,7 @@ def test_generate_refuses_lora_without_metadata_that_fits_nothing(tiny_models, t
     save_file(load_file(str(trained["sdxl"])), str(stripped))  # no metadata: only the keys can tell
     gen = Generator(str(tiny_models["flux"]))
     with pytest.raises(InvalidInput) as err:
-        gen.generate(GenerateRequest("x", loras=[LoraSpec(stripped)], width=64, height=64, steps=2))
+        gen.generate(GenerateRequest("x", loras=[LoraRef(stripped)], width=64, height=64, steps=2))
     assert err.value.code == "lora_incompatible"
 
 
@@ -89,7 +89,7 @@ def test_generate_refuses_pickle_lora(tiny_models, tmp_path):
     evil.write_bytes(pickle.dumps(["boom"]))
     gen = Generator(str(tiny_models["sd15"]))
     with pytest.raises(InvalidInput) as err:
-        gen.generate(GenerateRequest("x", loras=[LoraSpec(evil)], width=64, height=64, steps=2))
+        gen.generate(GenerateRequest("x", loras=[LoraRef(evil)], width=64, height=64, steps=2))
     assert err.value.code == "not_safetensors"
 
 
@@ -110,11 +110,11 @@ def test_generate_progress_never_exceeds_total(tiny_models):
 def test_adapter_cache_clear_leaves_bare_base_and_reloads_same_lora(tiny_models, trained):
     gen = Generator(str(tiny_models["sd15"]))
     req = dict(width=64, height=64, steps=3, seed=5)
-    before = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraSpec(trained["sd15"])], **req))[0].image)
+    before = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraRef(trained["sd15"])], **req))[0].image)
     assert gen.adapters is not None
     gen.adapters.clear()
     assert not any(gen.pipe.get_list_adapters().values()), "training needs the bare base model"
-    again = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraSpec(trained["sd15"])], **req))[0].image)
+    again = np.asarray(gen.generate(GenerateRequest("sks", loras=[LoraRef(trained["sd15"])], **req))[0].image)
     assert np.array_equal(before, again)
 
 
@@ -153,7 +153,7 @@ def test_mixed_lora_batch_gives_each_image_its_own_lora(tiny_models, trained):
     """Plans with different (denoiser-only) LoRAs share a run; each image is its lone render with its LoRA."""
     gen = Generator(str(tiny_models["sd15"]), max_resident_loras=2)
     settings = dict(width=64, height=64, steps=3)
-    a, b = LoraSpec(trained["sd15"], 0.8), LoraSpec(trained["style"], 1.0)
+    a, b = LoraRef(trained["sd15"], 0.8), LoraRef(trained["style"], 1.0)
     requests = [GenerateRequest(prompt="sks portrait", loras=[a], seed=1, **settings),
                 GenerateRequest(prompt="zkz a house", loras=[b], seed=2, num_images=2, **settings),
                 GenerateRequest(prompt="a plain kite", seed=3, **settings),
@@ -174,8 +174,8 @@ def test_mixed_lora_batch_refuses_two_weights_of_one_file_and_more_files_than_re
     gen = Generator(str(tiny_models["sd15"]), max_resident_loras=1)
     settings = dict(prompt="a kite", width=64, height=64, steps=2)
     a, b = trained["sd15"], trained["style"]
-    one_file_two_weights = [gen.plan(GenerateRequest(loras=[LoraSpec(a, w)], **settings)) for w in (0.5, 1.0)]
-    two_files = [gen.plan(GenerateRequest(loras=[LoraSpec(p)], **settings)) for p in (a, b)]
+    one_file_two_weights = [gen.plan(GenerateRequest(loras=[LoraRef(a, w)], **settings)) for w in (0.5, 1.0)]
+    two_files = [gen.plan(GenerateRequest(loras=[LoraRef(p)], **settings)) for p in (a, b)]
     assert not gen.can_batch(one_file_two_weights)
     assert not gen.can_batch(two_files)  # only one adapter may be resident
     assert gen.can_batch(two_files[:1] + [gen.plan(GenerateRequest(**settings))])  # a LoRA beside none

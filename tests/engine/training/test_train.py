@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from loramill.engine.evaluation.loss import denoising_loss
 from loramill.engine.generation.generate import GenerateRequest, Generator
-from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.loras import LoraRef
 from loramill.engine.progress import Progress, StopRequested
 from loramill.engine.training.run import train
 from tests.engine.conftest import FAMILIES, train_config
@@ -33,7 +33,7 @@ def test_train_lowers_loss_on_training_images(family, tiny_models, sample_images
     assert metrics["steps"] == 40 and metrics["trainingTime"] > 0 and np.isfinite(metrics["finalLoss"])
 
 
-def _image(generator: Generator, loras: list[LoraSpec], seed: int = 3) -> np.ndarray:
+def _image(generator: Generator, loras: list[LoraRef], seed: int = 3) -> np.ndarray:
     out = generator.generate(GenerateRequest("a photo of sks", loras=loras, width=64, height=64, steps=4, seed=seed))
     return np.asarray(out[0].image, dtype=np.float32)
 
@@ -58,8 +58,8 @@ def test_export_layouts_load_in_diffusers_and_agree(family, tiny_models, sample_
 
     generator = Generator(str(tiny_models[family]))
     base = _image(generator, [])
-    with_kohya = _image(generator, [LoraSpec(kohya)])
-    with_diffusers = _image(generator, [LoraSpec(diff)])
+    with_kohya = _image(generator, [LoraRef(kohya)])
+    with_diffusers = _image(generator, [LoraRef(diff)])
     assert np.abs(base - with_kohya).mean() > 0.5, "the LoRA must change the image"
     assert np.abs(with_kohya - with_diffusers).max() <= 1.0, "both layouts must give the same image"
     assert np.array_equal(_image(generator, []), base), "no LoRA must mean the base model again"

@@ -1,20 +1,24 @@
-"""Model families, dispatched through one table: adding a family is adding one module here."""
+"""Model families, dispatched through one table: adding a family is its module plus one line in ``FAMILIES``.
+
+Everything else about a family (pipeline class, default size, kohya facts, how its LoRA keys look) is
+read from its module, so no other table names the families.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loramill.engine.families.base import FamilyModule, pipeline_class_of
 from loramill.errors import InvalidInput
+
+if TYPE_CHECKING:  # the family modules import torch; the names above do not need it
+    from loramill.engine.families.base import FamilyModule
 
 FAMILIES: dict[str, str] = {
     "sd15": "loramill.engine.families.sd15",
     "sdxl": "loramill.engine.families.sdxl",
     "flux": "loramill.engine.families.flux",
 }
-# The diffusers pipeline class written in a folder's model_index.json, per family.
-_BY_PIPELINE = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl", "FluxPipeline": "flux"}
 
 
 def get_family(name: str) -> FamilyModule:
@@ -35,6 +39,8 @@ def detect_family(source: str, hint: str | None = None) -> str | None:
     if hint:
         get_family(hint)
         return hint
+    from loramill.engine.families.base import pipeline_class_of
+
     cls = pipeline_class_of(source)
     if cls is None:
         lowered = source.lower()
@@ -42,4 +48,9 @@ def detect_family(source: str, hint: str | None = None) -> str | None:
             if key in lowered:
                 return name
         return "sd15" if lowered.endswith((".safetensors", ".ckpt")) else None
-    return _BY_PIPELINE.get(cls)
+    return next((name for name in FAMILIES if get_family(name).PIPELINE_CLASS == cls), None)
+
+
+def family_of_lora_keys(keys: set[str]) -> str | None:
+    """The family whose module claims a LoRA's tensor names, or ``None`` (metadata is preferred when present)."""
+    return next((name for name in FAMILIES if get_family(name).claims_lora_keys(keys)), None)

@@ -2,8 +2,10 @@
 
 A family module (``sd15.py``, ``sdxl.py``, ``flux.py``) defines the same names, so knowing one means
 knowing all (peft's rule): ``PIPELINE_CLASS``, ``DENOISER``, ``TEXT_ENCODERS``, ``DEFAULT_TARGET_MODULES``,
-``TEXT_ENCODER_TARGET_MODULES``, ``KOHYA_PREFIXES``, ``RESOLUTION_MULTIPLE``, ``DEFAULT_STEPS``, ``DEFAULT_GUIDANCE``, ``load_pipeline``,
-``encode_prompts``, ``encode_images``, ``add_noise``, ``predict``, ``training_target`` and ``generation_kwargs``.
+``TEXT_ENCODER_TARGET_MODULES``, ``KOHYA_PREFIXES``, ``KOHYA_BASE_MODEL_VERSION``, ``RESOLUTION_MULTIPLE``,
+``DEFAULT_SIZE``, ``DEFAULT_STEPS``, ``DEFAULT_GUIDANCE``, ``load_pipeline``, ``encode_prompts``, ``encode_images``,
+``add_noise``, ``predict``, ``training_target``, ``generation_kwargs`` and ``claims_lora_keys``. Adding a family
+is its module plus one line in ``FAMILIES`` (``loramill.engine.families``); everything else reads these names.
 A training step is ``add_noise`` (draws) then ``predict`` (the denoiser), so the same noisy latents can be
 predicted again under other conditioning or adapters (teacher preservation); ``training_target`` is both.
 """
@@ -49,7 +51,9 @@ class FamilyModule(Protocol):
     DEFAULT_TARGET_MODULES: list[str]
     TEXT_ENCODER_TARGET_MODULES: list[str]
     KOHYA_PREFIXES: dict[str, str]
+    KOHYA_BASE_MODEL_VERSION: str
     RESOLUTION_MULTIPLE: int
+    DEFAULT_SIZE: int
     DEFAULT_STEPS: int
     DEFAULT_GUIDANCE: float
 
@@ -70,6 +74,8 @@ class FamilyModule(Protocol):
                         options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def generation_kwargs(self, *, pipe: Any = None, **kwargs: Any) -> dict[str, Any]: ...
+
+    def claims_lora_keys(self, keys: set[str]) -> bool: ...
 
 
 def pipeline_class_of(source: str) -> str | None:

@@ -22,6 +22,8 @@ KOHYA_PREFIXES = {"transformer": "lora_transformer", "text_encoder": "lora_te1"}
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.5
 RESOLUTION_MULTIPLE = 16
+DEFAULT_SIZE = 1024  # pixels per side, when a job or flag names none
+KOHYA_BASE_MODEL_VERSION = "flux1"  # ss_base_model_version in kohya metadata, as A1111 reads it
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1's T5 length; a model whose T5 tokenizer declares fewer tokens uses that
 
 
@@ -117,3 +119,9 @@ def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[st
     if negative_prompt:
         kwargs.update(negative_prompt=negative_prompt, true_cfg_scale=max(guidance, 1.0))
     return kwargs
+
+
+def claims_lora_keys(keys: set[str]) -> bool:
+    """Whether a LoRA's tensor names say FLUX.1: a transformer denoiser with double and single blocks."""
+    return any(k.startswith(("lora_transformer_", "transformer.")) or "double_blocks" in k or "single_blocks" in k
+               for k in keys)

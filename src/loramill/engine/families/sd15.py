@@ -19,6 +19,8 @@ KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 7.5
 RESOLUTION_MULTIPLE = 8
+DEFAULT_SIZE = 512  # pixels per side, when a job or flag names none
+KOHYA_BASE_MODEL_VERSION = "sd_v1"  # ss_base_model_version in kohya metadata, as A1111 reads it
 
 
 def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
@@ -81,3 +83,8 @@ def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[st
     return dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, width=width, height=height, num_images_per_prompt=num_images,
                 generator=generator)
+
+
+def claims_lora_keys(keys: set[str]) -> bool:
+    """SD 1.5 keys carry no mark of their own: it is the family left when no other claims a LoRA."""
+    return False

@@ -21,6 +21,8 @@ KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 5.0
 RESOLUTION_MULTIPLE = 8
+DEFAULT_SIZE = 1024  # pixels per side, when a job or flag names none
+KOHYA_BASE_MODEL_VERSION = "sdxl_base_v1-0"  # ss_base_model_version in kohya metadata, as A1111 reads it
 
 
 def load_pipeline(source: str, *, dtype: torch.dtype = torch.float32) -> Any:
@@ -57,3 +59,8 @@ def training_target(pipe: Any, latents: torch.Tensor, cond: dict[str, torch.Tens
     """DDPM as SD 1.5, with pooled text embeddings and time ids as added conditioning."""
     noised = add_noise(pipe, latents, generator, options)
     return predict(pipe, noised, cond, meta, options), noised.target
+
+
+def claims_lora_keys(keys: set[str]) -> bool:
+    """Whether a LoRA's tensor names say SDXL: a second text encoder or the added size embedding."""
+    return any(k.startswith(("lora_te2_", "text_encoder_2.")) or "add_embedding" in k for k in keys)

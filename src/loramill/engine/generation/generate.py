@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,42 +13,13 @@ from PIL import Image
 
 from loramill import __version__
 from loramill.engine.families import detect_family, get_family
-from loramill.engine.generation.loras import AdapterCache, LoraSpec, distinct_weights
+from loramill.engine.generation.loras import AdapterCache, LoraRef, distinct_weights
 from loramill.engine.generation.mixed import per_image_loras
 from loramill.engine.generation.png import parameters_text, save_png
+from loramill.engine.generation.request import GenerateRequest
 from loramill.engine.generation.tags import extract_lora_tags, resolve_tag
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
 from loramill.errors import InvalidInput
-
-DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}
-
-
-@dataclass
-class GenerateRequest:
-    """One generation: a prompt, its settings and the LoRAs to apply."""
-
-    prompt: str
-    negative_prompt: str = ""
-    loras: list[LoraSpec] = field(default_factory=list)
-    lora_dir: Path | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
-    seed: int = 0
-    num_images: int = 1
-
-    def __post_init__(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise InvalidInput("--prompt is empty; describe the image to generate", field="prompt")
-        if not 1 <= self.num_images <= 16:
-            raise InvalidInput(f"--num-images must be 1–16, got {self.num_images}", field="num_images")
-        if self.steps is not None and not 1 <= self.steps <= 500:
-            raise InvalidInput(f"--steps must be 1–500, got {self.steps}", field="steps")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and not 64 <= value <= 4096:
-                raise InvalidInput(f"--{name} must be 64–4096 pixels, got {value}", field=name)
 
 
 @dataclass(frozen=True)
@@ -57,7 +28,7 @@ class Plan:
 
     prompt: str
     negative_prompt: str
-    loras: tuple[LoraSpec, ...]
+    loras: tuple[LoraRef, ...]
     steps: int
     guidance: float
     width: int
@@ -112,16 +83,16 @@ class Generator:
         """Resolve ``request``: prompt tags become LoRAs, settings default to the family's, sizes rounded."""
         # 1. Prompt tags become LoRAs; the tags leave the text that is encoded.
         prompt, tags = extract_lora_tags(request.prompt)
-        loras = list(request.loras) + [LoraSpec(resolve_tag(n, request.lora_dir), w) for n, w in tags]
+        loras = list(request.loras) + [LoraRef(path=resolve_tag(n, request.lora_dir), weight=w) for n, w in tags]
         if not prompt:
-            raise InvalidInput("--prompt holds only <lora:…> tags; add a description of the image", field="prompt")
+            raise InvalidInput("prompt: holds only <lora:…> tags; add a description of the image", field="prompt")
         if loras and self.adapters is None:
-            raise InvalidInput(f"model {self.model} is not SD 1.5, SDXL or FLUX.1; LoRAs cannot be applied to it",
-                               field="lora")
+            raise InvalidInput(f"loras: model {self.model} is not SD 1.5, SDXL or FLUX.1; LoRAs cannot be applied "
+                               "to it", field="loras")
         # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
         family = get_family(self.family_name) if self.family_name else None
         multiple = family.RESOLUTION_MULTIPLE if family else 8
-        default = DEFAULT_SIZE.get(self.family_name or "", 512)
+        default = get_family(self.family_name).DEFAULT_SIZE if self.family_name else 512
         return Plan(prompt=prompt, negative_prompt=request.negative_prompt, loras=tuple(loras),
                     steps=request.steps or (family.DEFAULT_STEPS if family else 30),
                     guidance=request.guidance if request.guidance is not None else (

@@ -13,13 +13,13 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from loramill.engine.generation.mixed import BASE
+from loramill.engine.generation.request import LoraRef
 from loramill.engine.lora.files import read_lora
 from loramill.engine.lora.flux_blocks import from_sd_scripts_flux
 from loramill.engine.lora.formats import layout_of
@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 
 # Key prefixes of text-encoder LoRA weights in the layouts we read (kohya, diffusers, sd-scripts).
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "te1", "te2")
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """A LoRA file and the weight to apply it with."""
-
-    path: Path
-    weight: float = 1.0
 
 
 class AdapterCache:
@@ -84,7 +76,7 @@ class AdapterCache:
             self._denoiser_only[name] = known
         return known
 
-    def activate_mixed(self, loras: list[LoraSpec | None]) -> list[str]:
+    def activate_mixed(self, loras: list[LoraRef | None]) -> list[str]:
         """Make every LoRA of a mixed batch resident and active with its weight; the adapter name per
         entry (``BASE`` for none), for ``mixed.per_image_loras``. Entries naming the same file must
         agree on its weight, and there may be at most ``max_resident`` distinct files."""
@@ -107,7 +99,7 @@ class AdapterCache:
         """Whether ``path``'s LoRA is loaded in the pipeline (activating it costs no load)."""
         return adapter_name(path) in self._resident
 
-    def activate(self, loras: list[LoraSpec]) -> list[str]:
+    def activate(self, loras: list[LoraRef]) -> list[str]:
         """Make exactly ``loras`` active with their weights; returns the adapter names used."""
         names = []
         for spec in loras:
@@ -160,11 +152,11 @@ class AdapterCache:
         except (ValueError, RuntimeError, KeyError, IndexError) as exc:
             raise InvalidInput(f"LoRA {path.name} does not fit this {self.family} model ({_short(exc)}); it was "
                                "probably trained for another architecture", code="lora_incompatible",
-                               field="lora") from exc
+                               field="loras") from exc
         if not _attached(self.pipe, slot):
             self._drop_partial(slot)
             raise InvalidInput(f"LoRA {path.name} matched no layer of this {self.family} model; it belongs to "
-                               "another architecture", code="lora_incompatible", field="lora")
+                               "another architecture", code="lora_incompatible", field="loras")
         self._resident[name] = slot
         self._layouts[slot] = _layout(state)
         return slot
@@ -197,7 +189,7 @@ class AdapterCache:
         if family is not None and family != self.family:
             raise InvalidInput(f"LoRA {path.name} was trained for {family}; this model is {self.family}. "
                                f"Use a {family} base model or a LoRA trained for {self.family}",
-                               code="lora_incompatible", field="lora")
+                               code="lora_incompatible", field="loras")
         tensors = lora.tensors
         if layout_of(set(tensors)) == "sd-scripts":
             # diffusers' converter for BFL-named FLUX LoRAs assumes FLUX.1's widths; ours splits at any width.
@@ -232,7 +224,7 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def distinct_weights(loras: Iterable[LoraSpec]) -> dict[Path, float] | None:
+def distinct_weights(loras: Iterable[LoraRef]) -> dict[Path, float] | None:
     """Each file's weight, or ``None`` when one file is asked with two weights (one adapter has one scale)."""
     weights: dict[Path, float] = {}
     for spec in loras:

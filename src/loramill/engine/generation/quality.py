@@ -10,7 +10,7 @@ expected wait; the caller records it on the job and shows it in the result.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -87,7 +87,7 @@ def degrade_request(request: Any, level: QualityLevel, *, default_steps: int, de
         return request
     steps, width, height = apply_level(request.steps or default_steps, request.width or default_size,
                                        request.height or default_size, level, multiple)
-    return replace(request, steps=steps, width=width, height=height)
+    return request.model_copy(update={"steps": steps, "width": width, "height": height})
 
 
 class LoadPolicy:

@@ -17,7 +17,7 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
         try:
             value = float(weight) if weight.strip() else 1.0
         except ValueError as exc:
-            raise InvalidInput(f"prompt tag <lora:{name}:{weight}> has a weight that is not a number; "
+            raise InvalidInput(f"prompt: tag <lora:{name}:{weight}> has a weight that is not a number; "
                                "write e.g. <lora:name:0.8>", field="prompt") from exc
         tags.append((name.strip(), value))
     text = re.sub(r"\s{2,}", " ", _TAG.sub("", prompt)).strip(" ,")
@@ -27,13 +27,13 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
 def resolve_tag(name: str, lora_dir: Path | None) -> Path:
     """The file a tag names in ``lora_dir`` (``name.safetensors``, or ``name`` itself)."""
     if lora_dir is None:
-        raise InvalidInput(f"prompt uses <lora:{name}> but no --lora-dir was given to look it up in",
-                           field="lora_dir")
+        raise InvalidInput(f"prompt: <lora:{name}> names a LoRA file, but no LoRA folder (lora_dir) was given "
+                           "to look it up in", field="prompt")
     if "/" in name or "\\" in name or name.startswith("."):
-        raise InvalidInput(f"<lora:{name}> must be a file name inside --lora-dir, not a path", field="prompt")
+        raise InvalidInput(f"prompt: <lora:{name}> must be a file name inside lora_dir, not a path", field="prompt")
     for candidate in (lora_dir / f"{name}.safetensors", lora_dir / name):
         if candidate.is_file():
             return candidate
     available = sorted(p.stem for p in lora_dir.glob("*.safetensors"))
-    raise InvalidInput(f"<lora:{name}> not found in {lora_dir}; available: {', '.join(available) or 'none'}",
+    raise InvalidInput(f"prompt: <lora:{name}> not found in {lora_dir}; available: {', '.join(available) or 'none'}",
                        code="lora_not_found", field="prompt")

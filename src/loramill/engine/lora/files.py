@@ -35,11 +35,13 @@ class LoraFile:
 
     @property
     def family(self) -> str | None:
-        return self.metadata.get("loramill.family") or _family_from_keys(set(self.tensors))
+        from loramill.engine.families import family_of_lora_keys
+
+        return self.metadata.get("loramill.family") or family_of_lora_keys(set(self.tensors))
 
 
 def _bad(path: Path, what: str, code: str = "invalid_lora") -> InvalidInput:
-    return InvalidInput(f"LoRA {path.name}: {what}", code=code, field="lora")
+    return InvalidInput(f"LoRA {path.name}: {what}", code=code, field="loras")
 
 
 def check_safetensors_header(path: Path) -> dict[str, str]:
@@ -103,7 +105,7 @@ def read_lora(path: str | Path) -> LoraFile:
     """Read a LoRA file after validating it; refuses anything but safetensors."""
     p = Path(path)
     if not p.is_file():
-        raise InvalidInput(f"LoRA file {p} does not exist", code="lora_not_found", field="lora")
+        raise InvalidInput(f"LoRA file {p} does not exist", code="lora_not_found", field="loras")
     if p.suffix.lower() in _PICKLE_SUFFIXES:
         raise _bad(p, f"'{p.suffix}' files are pickles and can run code when loaded; loramill only reads "
                    ".safetensors LoRAs", code="not_safetensors")
@@ -134,13 +136,3 @@ def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dic
         if os.path.exists(tmp):
             os.unlink(tmp)
     return p
-
-
-def _family_from_keys(keys: set[str]) -> str | None:
-    """Best guess of a LoRA's family from its key names (metadata is preferred when present)."""
-    if any(k.startswith(("lora_transformer_", "transformer.")) for k in keys) or any(
-            "double_blocks" in k or "single_blocks" in k for k in keys):
-        return "flux"
-    if any(k.startswith(("lora_te2_", "text_encoder_2.")) or "add_embedding" in k for k in keys):
-        return "sdxl"
-    return None

@@ -1,110 +1,115 @@
-"""The training run's typed configuration, validated when built; every error names the option and the fix."""
+"""``TrainConfig``: every option of a training run, declared once (see ``loramill.engine.options``).
+
+This is the spec of the training job kind: ``loramill train``'s flags, the TOML keys, the queue's
+``configurationParams`` and the API's schemas are derived from these declarations. Choices come from the
+engine's own tables (optimizers, schedules, captioners, subject modes, families).
+"""
 
 from __future__ import annotations
 
-import math
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator
+
+from loramill.engine.dataset.captions import CAPTIONERS
+from loramill.engine.dataset.subjects import SUBJECTS
+from loramill.engine.families import FAMILIES
 from loramill.engine.lora.layouts import LORA_FORMATS
+from loramill.engine.options import Prompt, Spec, WireCap, option, text_check
+from loramill.engine.training.optim import LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS
 from loramill.errors import InvalidInput
 
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 PREPARE_MODES = ("auto", "never")
+_SHARED_GPU = "a queue worker is one shared GPU: this bounds how long one job may hold it"
 
 
-def _bad(option: str, message: str) -> InvalidInput:
-    return InvalidInput(f"--{option.replace('_', '-')}: {message}", code="invalid_option", field=option)
+def _one_token(value: str) -> str:
+    from pydantic_core import PydanticCustomError
+
+    if any(ch.isspace() for ch in value.strip()):
+        raise PydanticCustomError("trigger_spaces", "{value} has spaces; use one token such as sks or tsuki_advtr",
+                                  {"value": repr(value)[:70]})
+    return value.strip()
 
 
-@dataclass
-class TrainConfig:
-    """Everything one LoRA training run needs. Field names match the CLI flags (``--max-steps`` → ``max_steps``)."""
+TriggerWord = Annotated[str, AfterValidator(text_check(64, multiline=False, required=True)),
+                        AfterValidator(_one_token)]
 
-    model: str
-    images: str
-    trigger: str
-    out: str
-    family: str | None = None
-    work_dir: str | None = None  # metrics, checkpoints, validation images; default: beside --out
-    resolution: int = 512
-    rank: int = 16
-    alpha: float | None = None  # default: equal to rank (scale 1)
-    target_modules: list[str] | None = None
-    train_text_encoder: bool = False
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int = 1
-    grad_accum: int = 1
-    lr: float = 1e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    resume: str | None = None  # a checkpoint folder, or "latest" (newest in work_dir)
-    validation_prompts: list[str] = field(default_factory=list)
-    validation_every: int = 0
-    validation_steps: int = 20
-    format: str = "kohya"
-    guidance_scale: float = 1.0  # FLUX guidance embedding value during training
-    augment_variants: int = 0  # cached augmented copies per image (0: none)
-    class_word: str | None = None
-    # Raw folders go through `dataset prepare` first (validation, EXIF, de-duplication, captions).
-    prepare: str = "auto"  # auto: prepare plain folders; never: read them as they are
-    subject: str | None = None  # face | object | style, for the dataset step
 
-    def __post_init__(self) -> None:
-        if not self.trigger or not self.trigger.strip():
-            raise _bad("trigger", "give the trigger word that will call up the subject, e.g. --trigger sks")
-        if any(ch.isspace() for ch in self.trigger.strip()):
-            raise _bad("trigger", f"{self.trigger!r} has spaces; use one token such as sks or tsuki_advtr")
-        self.trigger = self.trigger.strip()
-        if not isinstance(self.rank, int) or self.rank < 1 or self.rank > 1024:
-            raise _bad("rank", f"must be a whole number from 1 to 1024 (typical: 4-64), got {self.rank!r}")
+class TrainConfig(Spec):
+    """Everything one LoRA training run needs; ``None`` where the default depends on the model or data."""
+
+    # what to train, on what, into where
+    model: str = option(help="base model: diffusers folder, single-file checkpoint, or hub id")
+    images: str = option(help="folder of images (+ .txt captions), a prepared dataset, or a kohya dataset.toml")
+    trigger: TriggerWord = option(wire="triggerWord",
+                                  help="trigger word, present in every caption (prepended when missing)")
+    out: str = option(help="the LoRA file to write (.safetensors)")
+    family: str | None = option(None, choices=FAMILIES, help="model family (default: detected)")
+    work_dir: str | None = option(None, help="metrics, checkpoints, validation images (default: OUT.run beside out)")
+    # the dataset step (raw folders)
+    prepare: str = option("auto", choices=PREPARE_MODES,
+                          help="auto: run the dataset step on a raw folder first; never: read it as it is")
+    subject: str | None = option(None, choices=SUBJECTS, wire="subjectType", help="subject mode for the dataset step")
+    captioner: str = option("template", choices=CAPTIONERS, wire="captioner",
+                            help="captions for images without a .txt beside them")
+    class_word: str | None = option(None, help="class word for template captions (e.g. man, dog)")
+    augment_variants: int = option(0, ge=0, le=64, help="augmented copies per image (flip, jitter, rotation)")
+    # the adapter
+    resolution: int = option(512, ge=64, le=4096, wire="resolution", help="training size in pixels",
+                             wire_cap=WireCap(le=2048, multiple_of=8, reason="a job's activation memory grows with "
+                                              "the square of the side and must fit a shared worker GPU; multiples "
+                                              "of 8 fit every family's latents"))
+    rank: int = option(16, ge=1, le=1024, wire="networkDim", help="LoRA rank (typical: 4-64)",
+                       wire_cap=WireCap(le=256, reason="generation workers download every LoRA a job names and "
+                                        "keep several resident; above rank 256 one file takes hundreds of MB"))
+    alpha: float | None = option(None, gt=0, le=1024, wire="networkAlpha", help="LoRA alpha (default: the rank)")
+    target_modules: list[str] | None = option(None, split=",", help="comma-separated module names (default: the "
+                                              "family's attention layers)")
+    train_text_encoder: bool = option(False, help="also train text-encoder LoRA (SD families)")
+    format: str = option("kohya", choices=LORA_FORMATS, help="LoRA layout of the written file")
+    # how long
+    epochs: int | None = option(None, ge=1, le=100_000, wire="epochs", help="passes over the data (default 10)",
+                                wire_cap=WireCap(le=1000, reason=_SHARED_GPU))
+    max_steps: int | None = option(None, ge=1, le=10_000_000, wire="maxSteps",
+                                   help="optimizer steps; wins over epochs", wire_cap=WireCap(le=100_000,
+                                                                                              reason=_SHARED_GPU))
+    batch_size: int = option(1, ge=1, le=64, wire="batchSize", help="images per micro-batch")
+    grad_accum: int = option(1, ge=1, le=128, wire="gradientAccumulation",
+                             help="micro-batches per optimizer step")
+    # the optimizer
+    lr: float = option(1e-4, gt=0, le=10, wire="learningRate",
+                       help="learning rate (typical: 1e-4; Prodigy: 1.0)",
+                       wire_cap=WireCap(lt=1, reason="the queue contract's clients send AdamW rates, where 1 or "
+                                        "more is a units slip (8 for 8e-4); Prodigy's 1.0 is for the CLI"))
+    lr_scheduler: str = option("constant", choices=LR_SCHEDULERS, wire="lrScheduler", help="learning-rate schedule")
+    lr_warmup_steps: int = option(0, ge=0, help="steps of linear warm-up")
+    optimizer: str = option("adamw", choices=OPTIMIZERS, wire="optimizer", help="optimizer")
+    weight_decay: float = option(1e-2, ge=0, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, ge=0, help="gradient clipping norm (0 disables clipping)")
+    mixed_precision: str = option("no", choices=MIXED_PRECISION, help="autocast precision (bf16/fp16 need CUDA)")
+    gradient_checkpointing: bool = option(False, help="trade compute for memory")
+    guidance_scale: float = option(1.0, ge=0, le=100, help="FLUX guidance embedding value during training")
+    seed: int = option(0, ge=0, le=2**32 - 1, wire="seed", help="seed of the adapter init, batch order and noise")
+    # checkpoints and validation
+    checkpoint_every: int = option(0, ge=0, le=10_000_000, wire="checkpointEverySteps",
+                                   help="save a resumable checkpoint every N steps (0: never)",
+                                   wire_cap=WireCap(ge=1, le=100_000, reason="a worker resumes a crashed job "
+                                                    "from its checkpoints, so a job cannot turn them off"))
+    keep_checkpoints: int = option(2, ge=1, help="newest checkpoints kept")
+    resume: str | None = option(None, help="a checkpoint folder, or 'latest' (newest in work_dir)")
+    validation_prompts: list[Prompt] = option([], max_length=8, wire="validationPrompts", cli="--validation-prompt",
+                                              help="render this prompt every validation_every steps (repeatable)")
+    validation_every: int = option(0, ge=0, help="steps between validation renders (0: never)")
+    validation_steps: int = option(20, ge=1, le=500, help="denoising steps of a validation render")
+
+    def model_post_init(self, context: Any) -> None:
         if self.alpha is None:
-            self.alpha = float(self.rank)
-        if not _finite_positive(self.alpha):
-            raise _bad("alpha", f"must be a positive number (default: the rank), got {self.alpha!r}")
-        if not _finite_positive(self.lr) or self.lr > 10:
-            raise _bad("lr", f"must be a finite number above 0 and at most 10 (typical: 1e-4; Prodigy: 1.0), "
-                       f"got {self.lr!r}")
-        for name in ("resolution", "batch_size", "grad_accum"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise _bad(name, f"must be a whole number ≥ 1, got {value!r}")
-        if self.resolution < 64 or self.resolution > 4096:
-            raise _bad("resolution", f"must be from 64 to 4096 pixels, got {self.resolution}")
-        if self.epochs is not None and (not isinstance(self.epochs, int) or not 1 <= self.epochs <= 100_000):
-            raise _bad("epochs", f"must be a whole number from 1 to 100000, got {self.epochs!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or not 1 <= self.max_steps <= 10_000_000):
-            raise _bad("max_steps", f"must be a whole number from 1 to 10000000, got {self.max_steps!r}")
+            self.alpha = float(self.rank)  # scale 1
         if self.epochs is None and self.max_steps is None:
             self.epochs = 10
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("format", self.format, LORA_FORMATS)
-        _choice("prepare", self.prepare, PREPARE_MODES)
-        for name in ("checkpoint_every", "validation_every", "lr_warmup_steps", "augment_variants"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise _bad(name, f"must be a whole number ≥ 0, got {value!r}")
-        if self.keep_checkpoints < 1:
-            raise _bad("keep_checkpoints", "keep at least 1 checkpoint")
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise _bad("weight_decay", f"must be ≥ 0, got {self.weight_decay!r}")
-        if not math.isfinite(self.max_grad_norm) or self.max_grad_norm < 0:
-            raise _bad("max_grad_norm", f"must be ≥ 0 (0 disables clipping), got {self.max_grad_norm!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -116,21 +121,28 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, toml_path: str | None, overrides: dict[str, Any]) -> TrainConfig:
-        """Build from an optional TOML file and explicit overrides (command-line flags win)."""
-        values: dict[str, Any] = {}
-        if toml_path:
-            values.update(read_toml(toml_path))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """Build from an optional TOML file and explicit overrides (these win; ``None`` means not given).
+
+        An error about a value from the file names its key and the file (``lr in train.toml``).
+        """
+        values: dict[str, Any] = dict(read_toml(toml_path)) if toml_path else {}
+        unknown = sorted(set(values) - set(cls.model_fields))
         if unknown:
-            raise InvalidInput(f"unknown training option(s) {', '.join(unknown)}; known options: "
-                               f"{', '.join(sorted(known))}", code="invalid_option", field=unknown[0])
-        missing = [name for name in ("model", "images", "trigger", "out") if not values.get(name)]
-        if missing:
-            raise InvalidInput(f"missing required option(s): {', '.join('--' + m for m in missing)}",
-                               code="invalid_option", field=missing[0])
-        return cls(**values)
+            raise InvalidInput(f"{unknown[0]}: unknown training option(s) {', '.join(unknown)} in {toml_path}; "
+                               f"known options: {', '.join(cls.model_fields)}", code="invalid_option",
+                               field=unknown[0])
+        from_file = set(values)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        from_file -= {k for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**values)
+        except InvalidInput as exc:
+            head = (exc.field or "").split(".")[0].split("[")[0]
+            if head in from_file:
+                message = exc.message.removeprefix(f"{exc.field}: ")
+                raise InvalidInput(f"{exc.field} in {toml_path}: {message}", code=exc.code,
+                                   field=f"{exc.field} in {toml_path}") from None
+            raise
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -146,12 +158,3 @@ def read_toml(path: str) -> dict[str, Any]:
     if isinstance(data.get("train"), dict):
         data = data["train"]
     return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def _finite_positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise _bad(option, f"unknown value {value!r}; choose one of: {', '.join(allowed)}")

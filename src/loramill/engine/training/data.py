@@ -66,7 +66,8 @@ def needs_preparation(source: str) -> bool:
 
 
 def prepare_raw_images(source: str, out_dir: Path, *, trigger: str, resolution: int, subject: str | None,
-                       class_word: str | None, progress: ProgressCallback = no_progress) -> str:
+                       class_word: str | None, captioner: str = "template",
+                       progress: ProgressCallback = no_progress) -> str:
     """Run the dataset step on a raw folder: rejected files are reported, the rest become the training set.
 
     Thresholds follow the training resolution (a 64 px tiny-model run accepts small images; a 1024 px
@@ -76,7 +77,7 @@ def prepare_raw_images(source: str, out_dir: Path, *, trigger: str, resolution: 
     from loramill.engine.dataset.prepare import prepare_dataset
 
     config = DatasetConfig(resolution=resolution, trigger_word=trigger, subject=subject, class_word=class_word,
-                           min_images=1, min_side=min(256, max(16, resolution // 2)))
+                           captioner=captioner, min_images=1, min_side=min(256, max(16, resolution // 2)))
     report = prepare_dataset([source], out_dir, config, progress=progress)
     for rejection in report.rejected:
         logger.warning("dataset: %s rejected (%s): %s", rejection.source, rejection.reason, rejection.message)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from loramill.errors import DependencyMissing, UnsupportedHardware
 
+if TYPE_CHECKING:  # torch is imported where used, so the option specs (and the services) load without it
+    import torch
+
 
 def _adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -32,24 +35,29 @@ def _prodigy(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: floa
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy,
 }
+# diffusers' schedule names that make_scheduler passes on
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 def check_optimizer(name: str) -> None:
     """Fail before any work if the optimizer's backend or hardware is missing."""
+    import torch
+
     if name == "adamw8bit":
         if not torch.cuda.is_available():
-            raise UnsupportedHardware("--optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit kernels); "
-                                      "on this machine use --optimizer adamw", field="optimizer")
+            raise UnsupportedHardware("optimizer: adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit kernels); "
+                                      "on this machine use adamw", field="optimizer")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
-            raise DependencyMissing("--optimizer adamw8bit needs bitsandbytes: pip install 'loramill[cuda]'",
+            raise DependencyMissing("optimizer: adamw8bit needs bitsandbytes: pip install 'loramill[cuda]'",
                                     field="optimizer") from exc
     elif name == "prodigy":
         try:
             import prodigyopt  # noqa: F401
         except ImportError as exc:
-            raise DependencyMissing("--optimizer prodigy needs prodigyopt: pip install 'loramill[prodigy]'",
+            raise DependencyMissing("optimizer: prodigy needs prodigyopt: pip install 'loramill[prodigy]'",
                                     field="optimizer") from exc
 
 
@@ -81,12 +89,14 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: in
 
 def check_precision(mixed_precision: str) -> torch.dtype | None:
     """The autocast dtype for ``mixed_precision``; a clear error where the hardware cannot do it."""
+    import torch
+
     if mixed_precision == "no":
         return None
     if not torch.cuda.is_available():
-        raise UnsupportedHardware(f"--mixed-precision {mixed_precision} needs a CUDA GPU; this machine has none. "
-                                  "Use --mixed-precision no", field="mixed_precision")
+        raise UnsupportedHardware(f"mixed_precision: {mixed_precision} needs a CUDA GPU; this machine has none. "
+                                  "Use no", field="mixed_precision")
     if mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UnsupportedHardware("--mixed-precision bf16 needs an Ampere or newer GPU; use fp16",
+        raise UnsupportedHardware("mixed_precision: bf16 needs an Ampere or newer GPU; use fp16",
                                   field="mixed_precision")
     return torch.bfloat16 if mixed_precision == "bf16" else torch.float16

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ from loramill.engine.training.optim import check_optimizer, check_precision, mak
 from loramill.errors import InvalidInput
 
 log = logging.getLogger(__name__)
-BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 
 
 @dataclass
@@ -66,8 +65,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     check_optimizer(config.optimizer)
     family_name = detect_family(config.model, config.family)
     if family_name is None:
-        raise InvalidInput(f"--model {config.model}: not an SD 1.5, SDXL or FLUX.1 pipeline, so it cannot be "
-                           "trained here; pass --family if the folder is one of them", code="unsupported_model",
+        raise InvalidInput(f"model: {config.model} is not an SD 1.5, SDXL or FLUX.1 pipeline, so it cannot be "
+                           "trained here; set family if the folder is one of them", code="unsupported_model",
                            field="model")
     family = get_family(family_name)
     # Tools that will not load the chosen layout are named now and in the metrics, never found out later.
@@ -84,7 +83,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     if config.prepare == "auto" and needs_preparation(images):
         images = prepare_raw_images(images, run_dir / "dataset", trigger=config.trigger,
                                     resolution=config.resolution, subject=config.subject,
-                                    class_word=config.class_word, progress=progress)
+                                    class_word=config.class_word, captioner=config.captioner,
+                                    progress=progress)
     examples = load_examples(images, trigger=config.trigger, resolution=config.resolution,
                              multiple=family.RESOLUTION_MULTIPLE)
     buckets = buckets_of(examples)
@@ -244,7 +244,8 @@ def dataset_hash(examples: list[Any]) -> str:
 
 def run_fingerprint(config: TrainConfig, family: str, data_hash: str) -> str:
     """What must match for a checkpoint to resume exactly (step counts may grow: a run can be extended)."""
-    keys = asdict(config)
+    # Options left at their defaults are left out, so adding an option does not orphan older checkpoints.
+    keys = config.model_dump(exclude_defaults=True)
     for volatile in ("out", "work_dir", "resume", "epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
                      "validation_prompts", "validation_every", "validation_steps", "format", "images"):
         keys.pop(volatile, None)
@@ -262,7 +263,7 @@ def lora_metadata(config: TrainConfig, family: str, steps: int, data_hash: str) 
         "loramill.resolution": str(config.resolution), "loramill.dataset_hash": data_hash,
         "loramill.format": config.format,
         "ss_network_module": "networks.lora", "ss_network_dim": str(config.rank),
-        "ss_network_alpha": str(config.alpha), "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_network_alpha": str(config.alpha), "ss_base_model_version": get_family(family).KOHYA_BASE_MODEL_VERSION,
         "ss_sd_model_name": base, "ss_steps": str(steps), "ss_resolution": f"({config.resolution}, {config.resolution})",
         "ss_output_name": Path(config.out).stem, "ss_training_comment": f"trigger word: {config.trigger}",
     }

@@ -7,12 +7,12 @@ shapes around them. Field names are camelCase on the wire like the contracts'.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
-from loramill.jobs.contracts import TrainingConfig
+from loramill.jobs.contracts import GenerationJob, TrainingConfig
 from loramill.jobs.status import JobStatus
 
 JobKind = Literal["training", "generation"]
@@ -25,38 +25,26 @@ class _Schema(BaseModel):
 # ---- in: what clients send ------------------------------------------------------------------------
 
 
-class LoraUse(_Schema):
-    """A LoRA to apply while generating: one you own or a public one, at a strength."""
+class _Create(_Schema):
+    # What clients send is checked as strictly as a queue message: ``true`` is not 1 and ``"10"`` is not 10
+    # (schemathesis found ``"guidanceScale": false`` accepted as 0).
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
+                              strict=True, allow_inf_nan=False)
 
-    id: str = Field(min_length=1, max_length=128, examples=["3f1c2a9e-5b7d-4e0f-9a61-2c4d8e7f1a3b"])
-    weight: float = Field(default=1.0, ge=-4, le=4, strict=True, description="strength; 0.6–1.0 is typical")
+
+class _GenerationExample(_Create):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "prompt": "tsuki_advtr, a samoyed dog smiling, white background", "negativePrompt": "blurry",
+        "width": 512, "height": 512, "steps": 30, "guidanceScale": 7.5, "seed": 50, "numImages": 1,
+        "loras": [{"id": "3f1c2a9e-5b7d-4e0f-9a61-2c4d8e7f1a3b", "weight": 0.8}]}]})
 
 
-class GenerationCreate(_Schema):
-    """A generation job (SPEC.md 3.3) without ``taskId``/``userId``: the API assigns those.
-
-    Numbers are strict, as in the job contracts: ``true`` is not 1 and ``"10"`` is not 10 (schemathesis
-    found ``"guidanceScale": false`` accepted as 0)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
-        json_schema_extra={"examples": [{
-            "prompt": "tsuki_advtr, a samoyed dog smiling, white background", "negativePrompt": "blurry",
-            "width": 512, "height": 512, "steps": 30, "guidanceScale": 7.5, "seed": 50, "numImages": 1,
-            "loras": [{"id": "3f1c2a9e-5b7d-4e0f-9a61-2c4d8e7f1a3b", "weight": 0.8}]}]})
-
-    prompt: str = Field(min_length=1, description="what to draw; at most LORAMILL_MAX_PROMPT_CHARS characters")
-    negative_prompt: str = Field(default="", description="what to avoid; same length limit as the prompt")
-    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8, strict=True)] | None = None
-    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8, strict=True)] | None = None
-    steps: Annotated[int, Field(ge=1, le=200, strict=True)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0, le=30, strict=True)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] | None = None
-    num_images: int = Field(default=1, ge=1, le=8, strict=True)
-    base_model: str | None = Field(default=None, max_length=256, description="default: the worker's base model")
-    loras: list[LoraUse] = Field(default_factory=list, max_length=8,
-                                 description="compose a style and a subject by listing both")
-    priority: int = Field(default=0, ge=0, le=10, strict=True)
+class GenerationCreate(create_model(  # type: ignore[misc]
+        "_GenerationFields", __base__=_GenerationExample,
+        **cast(dict[str, Any], {name: (info.annotation, info) for name, info in GenerationJob.model_fields.items()
+                                if name not in ("task_id", "user_id")}))):
+    """A generation job (the queue's ``GenerationJob``) without ``taskId``/``userId``: the API assigns those.
+    Its fields are the job contract's, so the two cannot drift."""
 
 
 class TrainingCreate(_Schema):
@@ -72,6 +60,18 @@ class TrainingCreate(_Schema):
     images: list[str] = Field(min_length=1, description="storage keys under users/{yourUserId}/")
     configuration_params: TrainingConfig = Field(default_factory=TrainingConfig)
     priority: int = Field(default=0, ge=0, le=10, strict=True)
+
+
+class _Form(BaseModel):
+    # Form fields arrive as text, so numbers are parsed here (lax); the limits are the contract's own.
+    model_config = ConfigDict(strict=False, allow_inf_nan=False, extra="ignore", validate_by_name=True,
+                              validate_by_alias=True)
+
+
+class TrainingForm(create_model(  # type: ignore[misc]
+        "_TrainingFormFields", __base__=_Form,
+        **cast(dict[str, Any], {name: (info.annotation, info) for name, info in TrainingConfig.model_fields.items()}))):
+    """``configurationParams`` as form fields (POST /v1/trainings)."""
 
 
 class PublicFlag(_Schema):

@@ -16,16 +16,18 @@ from pathlib import Path
 
 from loramill import metrics
 from loramill.engine.families import get_family
-from loramill.engine.generation.generate import DEFAULT_SIZE, GenerateRequest
-from loramill.engine.generation.loras import LoraSpec
+from loramill.engine.generation.generate import GenerateRequest
+from loramill.engine.generation.loras import LoraRef
 from loramill.engine.generation.png import png_bytes
 from loramill.engine.generation.quality import degrade_request
+from loramill.engine.options import rename_field
 from loramill.engine.progress import Progress
-from loramill.errors import InvalidInput, NotFound
+from loramill.errors import InvalidInput, LoramillError, NotFound
 from loramill.jobs.contracts import GenerationJob, JobEvent, Metrics
 from loramill.jobs.handlers.context import JobContext
 from loramill.jobs.handlers.models import resolve_base_model
 from loramill.jobs.status import JobStatus
+from loramill.jobs.wire import engine_to_wire, to_engine
 from loramill.logs import task_context
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,14 @@ def handle_generation(ctx: JobContext) -> JobEvent:
 
     # 2. LoRAs: the user's own or public, of this model's family, fetched once per worker
     with ctx.stage("fetch"):
-        loras = [LoraSpec(fetch_lora(ctx, ref.id, i, generator.family_name), ref.weight)
+        loras = [LoraRef(path=fetch_lora(ctx, ref.id, i, generator.family_name), weight=ref.weight)
                  for i, ref in enumerate(job.loras)]
 
     # 3. Quality by load: with a queue behind it, a job gets fewer steps (then fewer pixels) to stay on time
-    request = GenerateRequest(prompt=job.prompt, negative_prompt=job.negative_prompt, loras=loras, steps=job.steps,
-                              guidance=job.guidance_scale, width=job.width, height=job.height, seed=job.seed or 0,
-                              num_images=job.num_images)
+    try:
+        request = GenerateRequest(**to_engine(GenerateRequest, job), loras=loras)
+    except InvalidInput as exc:
+        raise as_job_field(exc) from None
     level = None
     if ctx.load_policy is not None and generator.family_name is not None:
         family = get_family(generator.family_name)
@@ -62,7 +65,7 @@ def handle_generation(ctx: JobContext) -> JobEvent:
         waited = (datetime.now(UTC) - ctx.queued_at).total_seconds() if ctx.queued_at else 0.0
         level = ctx.load_policy.level_for(ctx.jobs_ahead(), waited)
         request = degrade_request(request, level, default_steps=family.DEFAULT_STEPS,
-                                  default_size=DEFAULT_SIZE[generator.family_name],
+                                  default_size=family.DEFAULT_SIZE,
                                   multiple=family.RESOLUTION_MULTIPLE)
         if level.cost < 1:
             log.info("queue is long: rendering at quality %r (%s steps, %sx%s)", level.name, request.steps,
@@ -129,3 +132,8 @@ def fetch_lora(ctx: JobContext, lora_id: str, index: int, family: str | None) ->
         raise NotFound(f"{field}: the weights of LoRA {lora_id!r} are missing from storage "
                        f"({record.storage_key}); train it again", code="not_found", field=field) from None
     return local
+
+
+def as_job_field(exc: LoramillError) -> LoramillError:
+    """``exc`` with an engine option named as the job's field (``num_images`` → ``numImages``)."""
+    return rename_field(exc, engine_to_wire(GenerateRequest).get)

@@ -12,19 +12,22 @@ import json
 import logging
 import shutil
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from loramill import metrics
 from loramill.adapters.storage.base import Storage
 from loramill.engine.dataset.config import DatasetConfig
-from loramill.engine.generation.generate import DEFAULT_SIZE
+from loramill.engine.families import get_family
+from loramill.engine.options import rename_field
 from loramill.engine.training.config import TrainConfig
-from loramill.errors import InvalidInput, NotFound
+from loramill.errors import InvalidInput, LoramillError, NotFound
 from loramill.jobs.contracts import JobEvent, Metrics, TrainingJob
 from loramill.jobs.handlers import checkpoints
 from loramill.jobs.handlers.context import JobContext
 from loramill.jobs.handlers.models import resolve_base_model
 from loramill.jobs.settings import WorkerSettings
 from loramill.jobs.status import JobStatus
+from loramill.jobs.wire import engine_to_wire, to_engine
 
 log = logging.getLogger(__name__)
 
@@ -127,40 +130,46 @@ def checkpoint_fits(config: TrainConfig, family: str, folder: Path) -> bool:
     return bool(stored == run_fingerprint(config, family, dataset_hash(examples)))
 
 
+# Options whose default, when a job leaves them out, is the worker's (LORAMILL_*) rather than the engine's.
+def worker_defaults(settings: WorkerSettings, family: str) -> dict[str, Any]:
+    """The worker's defaults for options a job leaves out (the engine's apply to everything else)."""
+    return {"trigger": settings.default_trigger, "captioner": settings.default_captioner,
+            "resolution": settings.default_resolution or get_family(family).DEFAULT_SIZE,
+            "checkpoint_every": settings.checkpoint_every}
+
+
 def train_config(job: TrainingJob, model_path: str, family: str, settings: WorkerSettings, dataset_dir: Path,
                  run_dir: Path, out: Path) -> TrainConfig:
     """The engine's options for ``job``: ``configurationParams`` first, then the worker's defaults."""
-    p = job.configuration_params
-    steps_given = p.epochs is not None or p.max_steps is not None
-    prompts = list(p.validation_prompts or [])
-    every = p.checkpoint_every_steps if p.checkpoint_every_steps is not None else settings.checkpoint_every
+    given = to_engine(TrainConfig, job.configuration_params)
+    values = worker_defaults(settings, family) | given
+    if "epochs" not in given and "max_steps" not in given:
+        values["max_steps"] = settings.default_max_steps
+    if values.get("validation_prompts"):
+        values["validation_every"] = values["checkpoint_every"]
     try:
-        return TrainConfig(
-            model=model_path, family=family, images=str(dataset_dir), out=str(out), work_dir=str(run_dir),
-            trigger=p.trigger_word or settings.default_trigger,
-            resolution=p.resolution or settings.default_resolution or DEFAULT_SIZE.get(family, 512),
-            rank=p.network_dim or 16, alpha=p.network_alpha,
-            epochs=p.epochs, max_steps=p.max_steps if steps_given else settings.default_max_steps,
-            batch_size=p.batch_size or 1, grad_accum=p.gradient_accumulation or 1,
-            lr=p.learning_rate or 1e-4, lr_scheduler=p.lr_scheduler or "constant",
-            optimizer=p.optimizer or "adamw", seed=p.seed or 0, checkpoint_every=every,
-            keep_checkpoints=CHECKPOINTS_KEPT, validation_prompts=prompts,
-            validation_every=every if prompts else 0)
+        return TrainConfig(model=model_path, family=family, images=str(dataset_dir), out=str(out),
+                           work_dir=str(run_dir), keep_checkpoints=CHECKPOINTS_KEPT, **values)
     except InvalidInput as exc:
-        raise InvalidInput(_job_field_message(exc), code=exc.code, field=_job_field(exc.field)) from None
+        raise as_job_field(exc) from None
 
 
 def dataset_options(job: TrainingJob, config: TrainConfig, settings: WorkerSettings) -> DatasetConfig:
     """How the job's images become a dataset: subject framing, captions with the trigger word, size."""
-    p = job.configuration_params
     try:
-        return DatasetConfig(subject=p.subject_type, resolution=config.resolution, trigger_word=config.trigger,
-                             captioner=p.captioner or settings.default_captioner, min_images=settings.min_images,
+        return DatasetConfig(subject=config.subject, resolution=config.resolution, trigger_word=config.trigger,
+                             captioner=config.captioner, min_images=settings.min_images,
                              # A picture smaller than the training size is upscaled anyway; refusing one
                              # that is big enough for a 64 px run would only annoy.
                              min_side=min(256, config.resolution), batch_size=config.batch_size)
     except InvalidInput as exc:
-        raise InvalidInput(_job_field_message(exc), code=exc.code, field=_job_field(exc.field)) from None
+        raise as_job_field(exc) from None
+
+
+def as_job_field(exc: LoramillError) -> LoramillError:
+    """``exc`` with an engine option named as the job's field (``lr`` → ``configurationParams.learningRate``)."""
+    names = engine_to_wire(TrainConfig)
+    return rename_field(exc, lambda name: f"configurationParams.{names[name]}" if name in names else None)
 
 
 def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
@@ -196,20 +205,3 @@ def as_keys(text: str, folder: Path, keys: list[str]) -> str:
 
 def _get(storage: Storage, key: str, target: Path) -> Path:
     return storage.get_file(key, target)
-
-
-# engine option names -> the job's field names, so a failed event points at what the client sent
-_FIELDS = {"rank": "networkDim", "alpha": "networkAlpha", "lr": "learningRate", "max_steps": "maxSteps",
-           "batch_size": "batchSize", "grad_accum": "gradientAccumulation", "lr_scheduler": "lrScheduler",
-           "checkpoint_every": "checkpointEverySteps", "trigger": "triggerWord", "trigger_word": "triggerWord",
-           "subject": "subjectType", "epochs": "epochs", "resolution": "resolution", "optimizer": "optimizer",
-           "captioner": "captioner", "seed": "seed"}
-
-
-def _job_field(engine_field: str | None) -> str:
-    name = _FIELDS.get(engine_field or "", engine_field or "")
-    return f"configurationParams.{name}" if name else "configurationParams"
-
-
-def _job_field_message(exc: InvalidInput) -> str:
-    return f"{_job_field(exc.field)}: {exc.message}"

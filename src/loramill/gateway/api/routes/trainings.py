@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 
 from loramill.errors import InvalidInput
 from loramill.gateway.api.deps import GatewayDep, PrincipalDep
 from loramill.gateway.api.routes.jobs import CREATE_ERRORS, REPEATED, created
-from loramill.gateway.api.schemas import JobPublic
+from loramill.gateway.api.schemas import JobPublic, TrainingForm
 from loramill.gateway.api.uploads import check_image, check_image_count
 from loramill.gateway.api.views import job_public
 
@@ -20,21 +20,13 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 @router.post("/trainings", response_model=JobPublic, status_code=202, responses={**REPEATED, **CREATE_ERRORS})
 def create_training(
     gateway: GatewayDep, who: PrincipalDep, response: Response,
+    form: Annotated[TrainingForm, Form(description="any training option as its own form field")],
     images: Annotated[list[UploadFile] | None, File(description="JPEG, PNG or WebP photos")] = None,
     image_keys: Annotated[list[str] | None, Form(alias="imageKeys", description="storage keys of "
                                                  "images already under users/{yourUserId}/")] = None,
-    trigger_word: Annotated[str | None, Form(alias="triggerWord", max_length=64, examples=["sks"])] = None,
-    subject_type: Annotated[Literal["face", "object", "style"] | None, Form(alias="subjectType")] = None,
-    base_model: Annotated[str | None, Form(alias="baseModel", max_length=256)] = None,
-    max_steps: Annotated[int | None, Form(alias="maxSteps", ge=1, le=100_000)] = None,
-    epochs: Annotated[int | None, Form(ge=1, le=1000)] = None,
-    learning_rate: Annotated[float | None, Form(alias="learningRate", gt=0, lt=1)] = None,
-    network_dim: Annotated[int | None, Form(alias="networkDim", ge=1, le=256)] = None,
-    resolution: Annotated[int | None, Form(ge=64, le=2048, multiple_of=8)] = None,
-    seed: Annotated[int | None, Form(ge=0, le=2**32 - 1)] = None,
     configuration_params: Annotated[str | None, Form(alias="configurationParams", max_length=65536,
-                                                     description="JSON object with any other option of "
-                                                     "SPEC.md 3.1 (e.g. networkAlpha, optimizer)")] = None,
+                                                     description="JSON object with training options (form "
+                                                     "fields of the same name win)")] = None,
     priority: Annotated[int, Form(ge=0, le=10)] = 0,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobPublic:
@@ -45,10 +37,7 @@ def create_training(
     # 1. Cheap checks first: how many images, and the options' shape
     uploads, keys = images or [], image_keys or []
     check_image_count(len(uploads) + len(keys), gateway.settings)
-    options = _options(configuration_params) | {k: v for k, v in {
-        "triggerWord": trigger_word, "subjectType": subject_type, "baseModel": base_model, "maxSteps": max_steps,
-        "epochs": epochs, "learningRate": learning_rate, "networkDim": network_dim, "resolution": resolution,
-        "seed": seed}.items() if v is not None}
+    options = _options(configuration_params) | form.model_dump(by_alias=True, exclude_none=True)
     # 2. Each upload is an image within the limits
     checked = [check_image(u.file.read(gateway.settings.max_image_bytes + 1), i, u.filename, gateway.settings)
                for i, u in enumerate(uploads)]
