@@ -55,6 +55,13 @@ class UnsupportedHardware(LoramillError):
     code = "unsupported_hardware"
 
 
+class OutOfMemory(LoramillError):
+    """The device ran out of memory for this work (too many images, too large a size); the message says what to
+    ask for instead. Not the input's fault, and the same request on the same device fails again."""
+
+    code = "out_of_memory"
+
+
 class TransientError(LoramillError):
     """A storage, broker or database hiccup: the same work may succeed if retried later."""
 

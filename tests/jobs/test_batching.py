@@ -12,7 +12,7 @@ import pytest
 from loramill.engine.generation.generate import GeneratedImage, GenerateRequest, Plan
 from loramill.engine.generation.loras import LoraRef
 from loramill.engine.progress import Progress, StopRequested
-from loramill.errors import InvalidInput
+from loramill.errors import InvalidInput, OutOfMemory
 from loramill.jobs.batching import GenerationBatcher
 
 
@@ -54,8 +54,7 @@ class FakeGenerator:
         if any(p.prompt == "poison" for p in plans):
             raise InvalidInput("generation failed for these settings: poison", code="generation_failed")
         if len(plans) > 2 and any(p.prompt.startswith("big") for p in plans):
-            raise InvalidInput("generation failed for these settings: CUDA out of memory. Tried to allocate 2 GiB",
-                               code="generation_failed")
+            raise OutOfMemory("generation ran out of device memory rendering 3 image(s) at 512x512")
         return [[GeneratedImage(None, p.seed + i, p.prompt) for i in range(p.num_images)]  # type: ignore[arg-type]
                 for p in plans]
 

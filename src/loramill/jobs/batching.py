@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from loramill import metrics
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
-from loramill.errors import LoramillError
+from loramill.errors import LoramillError, OutOfMemory
 from loramill.jobs.scheduling import AdapterScheduler, adapter_key
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class GenerationBatcher:
                 return
             # One job's LoRA or prompt may be what failed: each job again alone, so it fails alone.
             log.warning("a batch of %d failed (%s); running its jobs one by one", len(batch), exc.message)
-            if "out of memory" in exc.message.lower():
+            if isinstance(exc, OutOfMemory):
                 # The device cannot hold this many images at once: smaller batches from now on.
                 self.max_images = max(1, sum(w.plan.num_images for w in batch) // 2)
                 log.warning("generation batches limited to %d image(s) after running out of memory",

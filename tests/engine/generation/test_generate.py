@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from loramill.engine.generation.generate import GenerateRequest, Generator, save_images
 from loramill.engine.generation.loras import LoraRef
 from loramill.engine.generation.tags import extract_lora_tags
 from loramill.engine.training.run import train
-from loramill.errors import InvalidInput
+from loramill.errors import InvalidInput, OutOfMemory
 from tests.engine.conftest import train_config
 
 
@@ -181,3 +182,19 @@ def test_mixed_lora_batch_refuses_two_weights_of_one_file_and_more_files_than_re
     assert gen.can_batch(two_files[:1] + [gen.plan(GenerateRequest(**settings))])  # a LoRA beside none
     with pytest.raises(ValueError, match="cannot share a run"):
         gen.generate_batch(two_files)
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)")])
+def test_generate_reports_out_of_memory_as_its_own_error(tiny_models, monkeypatch, error):
+    gen = Generator(str(tiny_models["sd15"]))
+
+    def run_out(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(type(gen.pipe), "__call__", run_out)
+    with pytest.raises(OutOfMemory) as caught:
+        gen.generate(GenerateRequest("a cat", width=64, height=64, steps=2, num_images=3))
+
+    assert caught.value.code == "out_of_memory" and not isinstance(caught.value, InvalidInput)
+    assert "3 image(s) at 64x64" in caught.value.message and "fewer images or a smaller size" in caught.value.message

@@ -19,7 +19,7 @@ from loramill.engine.generation.png import parameters_text, save_png
 from loramill.engine.generation.request import GenerateRequest
 from loramill.engine.generation.tags import extract_lora_tags, resolve_tag
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
-from loramill.errors import InvalidInput
+from loramill.errors import InvalidInput, OutOfMemory
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,12 @@ class Generator:
         except StopRequested:
             raise
         except (ValueError, RuntimeError) as exc:
+            # torch.cuda.OutOfMemoryError is a RuntimeError; other backends say so only in the message.
+            if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                count = sum(p.num_images for p in plans)
+                raise OutOfMemory(f"generation ran out of device memory rendering {count} image(s) at "
+                                  f"{first.width}x{first.height}; ask for fewer images or a smaller size "
+                                  f"({str(exc).splitlines()[0][:200]})") from exc
             raise InvalidInput(f"generation failed for these settings: {exc}", code="generation_failed") from exc
         elapsed = time.monotonic() - started
 
