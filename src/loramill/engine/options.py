@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined
@@ -58,14 +59,17 @@ class WireCap:
 
 def option(default: Any = PydanticUndefined, *, help: str, wire: str | None = None, cli: str | None = None,
            choices: Iterable[str] | None = None, wire_cap: WireCap | None = None, split: str | None = None,
-           **constraints: Any) -> Any:
+           families: Iterable[str] | None = None, why: str | None = None, **constraints: Any) -> Any:
     """Declare one option of a ``Spec``: its default, limits (``ge``/``gt``/``le``/``lt``/``multiple_of``/
     ``max_length``), ``choices`` (an engine table's names), ``help``, and its names in the other entries.
 
     ``split``: on the CLI, one value holds several list items separated by it (``--target-modules a,b``).
+    ``families``: the model families the option applies to; another value than the default on another family
+    is refused as soon as the family is known, with ``why``.
     """
     facts: Any = {"wire": wire, "cli": cli, "choices": tuple(choices) if choices is not None else None,
-                  "wire_cap": wire_cap, "split": split}
+                  "wire_cap": wire_cap, "split": split, "families": tuple(families) if families else None,
+                  "why": why}
     return Field(default, description=help, json_schema_extra={_META: facts}, **constraints)
 
 
@@ -80,6 +84,8 @@ class OptionInfo:
     choices: tuple[str, ...] | None
     wire_cap: WireCap | None
     split: str | None
+    families: tuple[str, ...] | None
+    why: str | None
 
     @property
     def flag(self) -> str:
@@ -129,6 +135,21 @@ class Spec(BaseModel):
         except ValidationError as exc:
             field, message, _ = describe_validation_error(exc)
             raise InvalidInput(message, code=self.error_code, field=field) from None
+
+    @model_validator(mode="after")
+    def _check_families(self) -> Spec:
+        family = getattr(self, "family", None)
+        if family:
+            self.check_family(family)
+        return self
+
+    def check_family(self, family: str) -> None:
+        """Refuse an option set on a model family it does not apply to (``option(families=…)``)."""
+        for name, info in options_of(type(self)).items():
+            value = getattr(self, name)
+            if info.families and family not in info.families and value != info.default:
+                raise option_error(name, f"applies to {', '.join(info.families)} only, not {family}"
+                                   f"{' (' + info.why + ')' if info.why else ''}; leave it at {info.default!r}")
 
     @field_validator("*", mode="before")
     @classmethod

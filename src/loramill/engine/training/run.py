@@ -69,6 +69,7 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                            "trained here; set family if the folder is one of them", code="unsupported_model",
                            field="model")
     family = get_family(family_name)
+    config.check_family(family_name)  # options that apply to other families only (the family may be detected)
     # Tools that will not load the chosen layout are named now and in the metrics, never found out later.
     layout_notes = layout_warnings(config.format, family_name)
     for note in layout_notes:

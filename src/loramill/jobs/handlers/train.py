@@ -17,7 +17,7 @@ from typing import Any
 from loramill import metrics
 from loramill.adapters.storage.base import Storage
 from loramill.engine.dataset.config import DatasetConfig
-from loramill.engine.families import get_family
+from loramill.engine.families import detect_family, get_family
 from loramill.engine.options import rename_field
 from loramill.engine.training.config import TrainConfig
 from loramill.errors import InvalidInput, LoramillError, NotFound
@@ -47,11 +47,14 @@ def handle_training(ctx: JobContext) -> JobEvent:
     dataset_dir, run_dir = ctx.scratch / "dataset", ctx.scratch / "run"
     lora_file = ctx.scratch / f"{job.task_id}.safetensors"
 
-    # 1. Base model and options, checked before anything is downloaded
+    # 1. Base model and options, checked before any weights load or anything is downloaded (the family comes
+    #    from model_index.json or the file name, as the loader reads it; an unknown one fails in the loader)
     model = resolve_base_model(params.base_model, ctx.settings)
+    family = detect_family(model.path)
+    config = train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file) if family else None
     with ctx.stage("load_model"):
         pipe, family = ctx.models.pipeline_for_training(model)
-    config = train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file)
+    config = config or train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file)
     dataset_config = dataset_options(job, config, ctx.settings)
 
     # 2. Fetch the images (keys only: a job never names a path on the worker's disk)
