@@ -77,7 +77,7 @@ def test_generation_renders_an_sd_scripts_flux_file_like_its_kohya_twin(tiny_mod
 
     from loramill.engine.families import get_family
     from loramill.engine.generation.generate import GenerateRequest, Generator
-    from loramill.engine.generation.loras import LoraSpec
+    from loramill.engine.generation.loras import LoraRef
     from loramill.engine.lora.files import write_lora
     from loramill.engine.lora.formats import to_layout
     from loramill.engine.models.tiny import build_flux
@@ -102,6 +102,6 @@ def test_generation_renders_an_sd_scripts_flux_file_like_its_kohya_twin(tiny_mod
     for fmt in ("kohya", "sd-scripts"):
         path = write_lora(tmp_path / f"{fmt}.safetensors", to_layout(fmt, layers, family.KOHYA_PREFIXES, 4, 8.0),
                           {"loramill.family": "flux"})
-        images[fmt] = render([LoraSpec(path)])
+        images[fmt] = render([LoraRef(path)])
     assert np.abs(images["kohya"] - render([])).max() > 0.05, "the LoRA must change the image"
     assert np.abs(images["kohya"] - images["sd-scripts"]).max() <= 1 / 255

@@ -133,14 +133,14 @@ def from_sd_scripts_flux(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
         parts = names.get((kind, flat))
         if parts is None:
             raise InvalidInput(f"LoRA key {key}: {flat} is not a FLUX block layer loramill knows", code="invalid_lora",
-                               field="lora")
+                               field="loras")
         prefix = "transformer_blocks" if kind == "double" else "single_transformer_blocks"
         alpha = float(tensors.get(f"{base}.alpha", torch.tensor(float(down.shape[0]))))
         count = len(parts)
         sizes = part_sizes(flat, up.shape[0] // (3 + (MLP_RATIO if count == 4 else 0))) if count > 1 else [up.shape[0]]
         if sum(sizes) != up.shape[0]:
             raise InvalidInput(f"LoRA key {base}.lora_up.weight: {up.shape[0]} rows are not a fused {count}-part FLUX "
-                               "layer", code="invalid_lora", field="lora")
+                               "layer", code="invalid_lora", field="loras")
         rows = list(torch.split(up, sizes))
         sparse = count > 1 and down.shape[0] % count == 0 and _block_diagonal(rows, down.shape[0] // count)
         rank = down.shape[0] // count if sparse else down.shape[0]
