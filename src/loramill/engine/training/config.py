@@ -92,6 +92,10 @@ class TrainConfig(Spec):
     mixed_precision: str = option("no", choices=MIXED_PRECISION, help="autocast precision (bf16/fp16 need CUDA)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
     guidance_scale: float = option(1.0, ge=0, le=100, help="FLUX guidance embedding value during training")
+    noise_offset: float = option(0.0, ge=0, le=1, wire="noiseOffset", families=("sd15", "sdxl"),
+                                 why="FLUX.1 trains by flow matching, which does not use it",
+                                 help="add offset × one normal draw per image and channel to the training noise, so "
+                                      "the LoRA can learn images darker or brighter than average (typical: 0.05-0.1)")
     seed: int = option(0, ge=0, le=2**32 - 1, wire="seed", help="seed of the adapter init, batch order and noise")
     # checkpoints and validation
     checkpoint_every: int = option(0, ge=0, le=10_000_000, wire="checkpointEverySteps",

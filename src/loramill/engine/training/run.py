@@ -167,7 +167,7 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         started = time.monotonic()
         micro = step * config.grad_accum
         plan_epoch, plan = -1, []
-        options = {"guidance_scale": config.guidance_scale}
+        options = {"guidance_scale": config.guidance_scale, "noise_offset": config.noise_offset}
         for module in trained.values():
             module.train()
         while step < total_steps:
