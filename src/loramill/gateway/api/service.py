@@ -19,6 +19,7 @@ from loramill.adapters.storage.base import Storage, validate_key
 from loramill.adapters.store import JobRecord, JobStore, LoraRecord, Page
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
 from loramill.gateway.api import metrics
+from loramill.gateway.api.quotas import RateLimiter
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, TrainingJob, parse_job
@@ -49,6 +50,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, store: JobStore, storage: Storage, broker: Broker) -> None:
         self.settings, self.store, self.storage, self.broker = settings, store, storage, broker
+        self.rate = RateLimiter(settings.user_rate_limit, settings.user_rate_burst)
 
     # ---- creating jobs -----------------------------------------------------------------------------
 
@@ -67,7 +69,7 @@ class Gateway:
         """Store the uploads under the user's prefix and queue a training job; ``(job, created)``."""
         # 1. A repeat of an accepted request is not held to the queue limit
         if self._existing(who, task_id) is None:
-            self.check_capacity()
+            self.check_capacity(who)
         # 2. Keys the caller gave must be theirs and exist
         keys = [self._own_key(who, key, f"imageKeys[{i}]") for i, key in enumerate(image_keys)]
         for i, key in enumerate(keys):
@@ -88,7 +90,7 @@ class Gateway:
                           idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
         """Queue a generation job after checking its prompt length and that every LoRA is usable."""
         if self._existing(who, task_id) is None:
-            self.check_capacity()
+            self.check_capacity(who)
         for name in ("prompt", "negativePrompt"):
             text = request.get(name) or ""
             if len(text) > self.settings.max_prompt_chars:
@@ -113,8 +115,22 @@ class Gateway:
                                         priority=int(request.get("priority") or 0))
         return self.submit_generation(who, task_id, request)
 
-    def check_capacity(self) -> None:
-        """``Overloaded`` (429 + Retry-After) when the queue holds ``LORAMILL_QUEUE_LIMIT`` jobs or more."""
+    def check_capacity(self, who: Principal | None = None) -> None:
+        """``Overloaded`` (429 + Retry-After) when the caller submits too fast (``LORAMILL_USER_RATE_LIMIT``),
+        has ``LORAMILL_USER_QUEUE_LIMIT`` jobs waiting, or the queue holds ``LORAMILL_QUEUE_LIMIT`` jobs."""
+        # 1. This user's share first: their flood is refused before it can fill the queue everyone shares
+        if who is not None:
+            wait = self.rate.take(who.user_id)
+            if wait > 0:
+                self._refuse(f"more than {self.settings.user_rate_limit:g} jobs per second from one key "
+                             f"(LORAMILL_USER_RATE_LIMIT, bursts of {self.settings.user_rate_burst}: "
+                             f"LORAMILL_USER_RATE_BURST); retry in {wait:.1f} s", "rate_limited", max(1, round(wait)))
+            mine = self.store.count_queued(user_id=who.user_id)
+            if mine >= self.settings.user_queue_limit:
+                self._refuse(f"you have {mine} jobs waiting; the limit per user is {self.settings.user_queue_limit} "
+                             "(LORAMILL_USER_QUEUE_LIMIT); submit more as they start", "user_queue_full",
+                             self.settings.retry_after_seconds)
+        # 2. The queue everyone shares
         queued = self.store.count_queued()
         if queued >= self.settings.queue_limit:
             error = Overloaded(f"{queued} jobs are waiting; the limit is {self.settings.queue_limit} "
@@ -123,6 +139,12 @@ class Gateway:
             error.retry_after = self.settings.retry_after_seconds  # type: ignore[attr-defined]
             metrics.REJECTED.inc()
             raise error
+
+    def _refuse(self, message: str, code: str, retry_after: int) -> None:
+        error = Overloaded(message, code=code)
+        error.retry_after = retry_after  # type: ignore[attr-defined]
+        metrics.REJECTED.inc()
+        raise error
 
     def _existing(self, who: Principal, task_id: str) -> JobRecord | None:
         job = self.store.get_job(task_id)
