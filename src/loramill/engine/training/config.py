@@ -69,7 +69,8 @@ class TrainConfig(Spec):
     target_modules: list[str] | None = option(None, split=",", help="comma-separated module names (default: the "
                                               "family's attention layers)")
     train_text_encoder: bool = option(False, help="also train text-encoder LoRA (SD families)")
-    format: str = option("kohya", choices=LORA_FORMATS, help="LoRA layout of the written file")
+    format: str = option("kohya", choices=LORA_FORMATS,
+                         help="LoRA layout of the written file (README, \"LoRA layouts\": which tool loads which)")
     # how long
     epochs: int | None = option(None, ge=1, le=100_000, wire="epochs", help="passes over the data (default 10)",
                                 wire_cap=WireCap(le=1000, reason=_SHARED_GPU))
