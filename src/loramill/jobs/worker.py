@@ -37,7 +37,7 @@ from loramill.jobs.handlers import checkpoints, handler_for
 from loramill.jobs.handlers.context import JobContext, StopReason
 from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import JobKind, JobStatus
 from loramill.jobs.tsuki import TsukiSettings, is_tsuki, load_tsuki_settings, translate
 from loramill.logs import task_context
 
@@ -361,7 +361,7 @@ class Worker:
         """Drop what a finished job no longer needs: its scratch folder, and a completed training's checkpoints."""
         if not self.settings.keep_work:
             shutil.rmtree(ctx.scratch, ignore_errors=True)
-        if ctx.job.kind == "train" and final == Outcome.COMPLETED:
+        if ctx.job.kind == JobKind.TRAIN and final == Outcome.COMPLETED:
             try:
                 checkpoints.delete_all(self.storage, ctx.job.task_id, self.recorder.io)
             except LoramillError as exc:  # only costs space; the next cleanup pass can take it
@@ -370,7 +370,7 @@ class Worker:
     def _scratch(self, job: Job) -> Path:
         """The job's scratch folder, emptied; a generation job writes nothing there, so it is not made."""
         folder = self.settings.work_dir / "jobs" / job.task_id
-        if job.kind == "train":
+        if job.kind == JobKind.TRAIN:
             shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's leftovers; its checkpoint is in storage
             folder.mkdir(parents=True)
         return folder
@@ -412,7 +412,7 @@ def _is_event(body: bytes) -> bool:
 def _kind_of(body: bytes) -> str:
     """The kind a refused message was meant to be, as ``parse_job`` would read it (a training unless it has a
     ``prompt`` and no ``images``)."""
-    return "generate" if _is_generation(body) else "train"
+    return JobKind.GENERATE if _is_generation(body) else JobKind.TRAIN
 
 
 def _excerpt(body: bytes, limit: int = 2000) -> str:

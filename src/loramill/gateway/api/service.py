@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage, validate_key
@@ -23,13 +23,10 @@ from loramill.gateway.api.quotas import RateLimiter
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, TrainingJob, parse_job
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import JobKind, JobStatus
 
 logger = logging.getLogger("loramill.gateway")
 
-# API names of job kinds <-> the store's (the contracts' ``kind``)
-KINDS = {"training": TrainingJob.kind, "generation": GenerationJob.kind}
-API_KIND: dict[str, Literal["training", "generation"]] = {"train": "training", "generate": "generation"}
 # a fixed namespace so the same user + Idempotency-Key always names the same task
 _IDEMPOTENCY_NS = uuid.UUID("6b1f3c1e-0d57-4b8e-9d0c-6c7e2f1a9b44")
 
@@ -189,7 +186,7 @@ class Gateway:
     def jobs(self, who: Principal, *, kind: str | None, status: str | None, cursor: str | None,
              limit: int) -> Page[JobRecord]:
         """The caller's jobs newest first (everyone's for an admin), one page at a time."""
-        return self.store.list_jobs(None if who.is_admin else who.user_id, kind=KINDS[kind] if kind else None,
+        return self.store.list_jobs(None if who.is_admin else who.user_id, kind=JobKind.from_public(kind) if kind else None,
                                     status=status, cursor=cursor, limit=limit)
 
     def cancel(self, who: Principal, job_id: str) -> JobRecord:
