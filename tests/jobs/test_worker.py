@@ -346,3 +346,22 @@ def test_fail_training_naming_rejected_images_by_storage_key(rig: Rig) -> None:
     assert error["code"] == "too_few_images"
     assert "users/user-t/images/tiny1.jpg" in error["message"] and "/inputs/" not in error["message"]
     assert str(rig.worker.settings.work_dir) not in error["message"]
+
+
+def test_continue_own_lora_by_id_or_key_and_refuse_others(rig: Rig) -> None:
+    images = upload_images(rig.storage, "owner")
+    first = rig.submit(selfix_job(new_task_id(), "owner", images, maxSteps=2))
+    assert rig.run_one() == "completed"
+    key = rig.events.wait_for(first, "completed")[0]["modelPath"]
+
+    by_id = rig.submit(selfix_job(new_task_id(), "owner", images, maxSteps=2, initLora=first, preserveWeight=0.5))
+    by_key = rig.submit(selfix_job(new_task_id(), "owner", images, maxSteps=2, initLora=key))
+    stranger_images = upload_images(rig.storage, "stranger")
+    theirs = rig.submit(selfix_job(new_task_id(), "stranger", stranger_images, maxSteps=2, initLora=first))
+    their_key = rig.submit(selfix_job(new_task_id(), "stranger", stranger_images, maxSteps=2, initLora=key))
+    assert [rig.run_one() for _ in range(4)] == ["completed", "completed", "failed", "failed"]
+
+    assert rig.events.wait_for(by_id, "completed") and rig.events.wait_for(by_key, "completed")
+    for task in (theirs, their_key):
+        error = rig.events.wait_for(task, "failed")[0]["error"]
+        assert error["code"] == "not_found" and "initLora" in error["message"]

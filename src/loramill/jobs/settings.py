@@ -14,9 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loramill.errors import InvalidInput
 from loramill.jobs.retry import RetryPolicy
-from loramill.jobs.status import JobKind
 
-JOB_KINDS = tuple(JobKind)
+JOB_KINDS = ("train", "generate")
 BROKERS = ("sql", "kafka", "rabbitmq")
 PRESETS = (None, "tsuki")
 

@@ -22,7 +22,10 @@ def test_without_trigger_replaces_whole_words_only():
     assert without_trigger("sks, a photo of sks dog", ["sks"], "dog") == "dog, a photo of dog dog"
     assert without_trigger("sks, a drawing", ["sks"], None) == "a drawing"
     assert without_trigger("asks sks", ["sks"], "cat") == "asks cat"
-    assert preservation_prompts(["sks a", "sks b"], ["sks"], None, ["one", "two", "three"], micro=1) == ["three", "one"]
+    keep = ["one", "two", "three"]
+    drawn = [preservation_prompts(["sks a", "sks b"], ["sks"], None, keep, micro=m) for m in range(3)]
+    assert drawn == [["a", "one"], ["a", "two"], ["a", "three"]]
+    assert preservation_prompts(["sks a"], ["sks"], None, [], micro=5) == ["a"]
 
 
 def test_lora_plus_gives_b_a_higher_learning_rate():

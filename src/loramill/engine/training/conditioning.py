@@ -30,8 +30,11 @@ def without_trigger(caption: str, triggers: list[str], class_word: str | None) -
 
 def preservation_prompts(captions: list[str], triggers: list[str], class_word: str | None, keep: list[str],
                          micro: int) -> list[str]:
-    """One trigger-free prompt per sample: the captions without the trigger, or, when the user lists
-    prompts to keep, those in turn (the batch index and micro-batch pick one, deterministically)."""
-    if keep:
-        return [keep[(micro * len(captions) + i) % len(keep)] for i in range(len(captions))]
-    return [without_trigger(c, triggers, class_word) for c in captions]
+    """One trigger-free prompt per sample, deterministic for (micro-batch, position): the caption without
+    the trigger; when the user lists prompts to keep (e.g. the previous concept's prompts, when continuing),
+    every other sample takes the next of those instead, so both the base's behaviour and theirs are kept."""
+    out = []
+    for i, caption in enumerate(captions):
+        n = micro * len(captions) + i
+        out.append(keep[(n // 2) % len(keep)] if keep and n % 2 else without_trigger(caption, triggers, class_word))
+    return out

@@ -17,11 +17,16 @@ from loramill.engine.dataset.captions import CAPTIONERS
 from loramill.engine.dataset.subjects import SUBJECTS
 from loramill.engine.families import FAMILIES
 from loramill.engine.lora.layouts import LORA_FORMATS
-from loramill.engine.options import Prompt, Spec, WireCap, option, text_check
+from loramill.engine.options import Prompt, Spec, WireCap, option, option_error, text_check
+from loramill.engine.training.ema import EMA_EXPORT
+from loramill.engine.training.losses import LOSSES
+from loramill.engine.training.masks import MASKED_LOSS
 from loramill.engine.training.optim import LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS
+from loramill.engine.training.weighting import FLOW_LOSS_WEIGHTING, TIMESTEP_SAMPLING
 from loramill.errors import InvalidInput
 
 PREPARE_MODES = ("auto", "never")
+PRESERVE_TEACHERS = ("auto", "base", "init_lora")
 _SHARED_GPU = "a queue worker is one shared GPU: this bounds how long one job may hold it"
 
 
@@ -69,8 +74,7 @@ class TrainConfig(Spec):
     target_modules: list[str] | None = option(None, split=",", help="comma-separated module names (default: the "
                                               "family's attention layers)")
     train_text_encoder: bool = option(False, help="also train text-encoder LoRA (SD families)")
-    format: str = option("kohya", choices=LORA_FORMATS,
-                         help="LoRA layout of the written file (README, \"LoRA layouts\": which tool loads which)")
+    format: str = option("kohya", choices=LORA_FORMATS, help="LoRA layout of the written file")
     # how long
     epochs: int | None = option(None, ge=1, le=100_000, wire="epochs", help="passes over the data (default 10)",
                                 wire_cap=WireCap(le=1000, reason=_SHARED_GPU))
@@ -93,10 +97,6 @@ class TrainConfig(Spec):
     mixed_precision: str = option("no", choices=MIXED_PRECISION, help="autocast precision (bf16/fp16 need CUDA)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
     guidance_scale: float = option(1.0, ge=0, le=100, help="FLUX guidance embedding value during training")
-    noise_offset: float = option(0.0, ge=0, le=1, wire="noiseOffset", families=("sd15", "sdxl"),
-                                 why="FLUX.1 trains by flow matching, which does not use it",
-                                 help="add offset × one normal draw per image and channel to the training noise, so "
-                                      "the LoRA can learn images darker or brighter than average (typical: 0.05-0.1)")
     seed: int = option(0, ge=0, le=2**32 - 1, wire="seed", help="seed of the adapter init, batch order and noise")
     # checkpoints and validation
     checkpoint_every: int = option(0, ge=0, le=10_000_000, wire="checkpointEverySteps",
@@ -109,12 +109,58 @@ class TrainConfig(Spec):
                                               help="render this prompt every validation_every steps (repeatable)")
     validation_every: int = option(0, ge=0, help="steps between validation renders (0: never)")
     validation_steps: int = option(20, ge=1, le=500, help="denoising steps of a validation render")
+    # continuing a LoRA and keeping what the model knew (engine/training/init_lora.py, objective.py, preservation.py)
+    init_lora: str | None = option(None, wire="initLora",
+                                   help="continue from this LoRA (kohya, diffusers or sd-scripts file of the same family "
+                                   "and rank; on the queue a LoRA id or a storage key of your own): training starts "
+                                   "exactly at its weights, with a fresh optimizer")
+    preserve_weight: float = option(0.0, ge=0, le=100, wire="preserveWeight",
+                                    help="teacher preservation: weight of pulling the LoRA's predictions on "
+                                    "trigger-free prompts toward the teacher's (0: off; typical 0.5-1)")
+    preserve_prompts: list[Prompt] = option([], max_length=64, wire="preservePrompts", cli="--preserve-prompt",
+                                            help="a prompt whose output to keep (repeatable): every other "
+                                            "preservation sample uses one of these")
+    preserve_teacher: str = option("auto", choices=PRESERVE_TEACHERS, wire="preserveTeacher",
+                                   help="the teacher: base (adapters off), init_lora (base + the LoRA continued "
+                                   "from), auto (init_lora when continuing, else base)")
+    replay_images: str | None = option(None, help="the previous concept's dataset, mixed in every step when continuing")
+    replay_weight: float = option(1.0, ge=0, le=100, help="loss weight of the replayed images")
+    prior_weight: float = option(0.0, ge=0, le=100, wire="priorWeight",
+                                 help="prior preservation loss weight (0: off); needs class_images or class_word")
+    class_images: str | None = option(None, help="prior preservation images (default: generated from the class word)")
+    class_image_count: int = option(20, ge=1, le=1000, wire="classImageCount",
+                                    help="class images the base model generates when none are given")
+    concepts: list[str] = option([], max_length=16, cli="--concept",
+                                 help="another concept in the same run: TRIGGER=FOLDER (repeatable)")
+    # the recipe (engine/training/{ema,weighting,losses,masks,conditioning}.py, optim.lora_plus_groups)
+    ema_decay: float = option(0.0, ge=0, lt=1, wire="emaDecay",
+                              help="EMA of the LoRA weights (0: off; typical 0.99-0.999)")
+    ema_export: str = option("ema", choices=EMA_EXPORT, wire="emaExport",
+                             help="which weights the file holds when EMA is on")
+    min_snr_gamma: float = option(0.0, ge=0, le=100, wire="minSnrGamma", families=("sd15", "sdxl"),
+                                  why="it weights DDPM timesteps; FLUX.1 has flow_loss_weighting",
+                                  help="min-SNR-γ loss weighting, SD 1.5/SDXL (0: off; the paper's γ: 5)")
+    timestep_sampling: str = option("shift", choices=TIMESTEP_SAMPLING, wire="timestepSampling", families=("flux",),
+                                    why="flow matching draws sigmas; DDPM families draw timesteps uniformly",
+                                    help="FLUX: where sigmas are drawn (shift: FLUX's own resolution shift)")
+    flow_loss_weighting: str = option("none", choices=FLOW_LOSS_WEIGHTING, wire="flowLossWeighting",
+                                      families=("flux",), why="SD 1.5/SDXL have min_snr_gamma",
+                                      help="FLUX: SD3's per-sample loss weighting")
+    loss: str = option("l2", choices=LOSSES, wire="loss", help="per-element loss (huber, smooth_l1: sd-scripts' forms)")
+    huber_delta: float = option(0.1, gt=0, le=10, wire="huberDelta", help="δ of the huber and smooth_l1 losses")
+    masked_loss: str = option("off", choices=MASKED_LOSS, wire="maskedLoss",
+                              help="count the loss only on the opaque pixels (alpha) or the detected faces (face)")
+    caption_dropout: float = option(0.0, ge=0, lt=1, wire="captionDropout",
+                                    help="share of samples trained on the empty prompt")
+    lora_plus_ratio: float = option(1.0, ge=1, le=256, wire="loraPlusRatio",
+                                    help="LoRA+: the B matrices' learning rate over A's (1: off; the paper: 16)")
 
     def model_post_init(self, context: Any) -> None:
         if self.alpha is None:
             self.alpha = float(self.rank)  # scale 1
         if self.epochs is None and self.max_steps is None:
             self.epochs = 10
+        _check_recipe(self)
 
     @property
     def run_dir(self) -> Path:
@@ -148,6 +194,29 @@ class TrainConfig(Spec):
                 raise InvalidInput(f"{exc.field} in {toml_path}: {message}", code=exc.code,
                                    field=f"{exc.field} in {toml_path}") from None
             raise
+
+
+def _check_recipe(config: TrainConfig) -> None:
+    """What one option's limits cannot say: options that need another option, or exclude one."""
+    if config.ema_decay and config.ema_decay < 0.5:
+        raise option_error("ema_decay", f"{config.ema_decay} averages almost nothing; use 0 (off) or 0.5-0.9999 "
+                           "(typical: 0.99-0.999)")
+    if config.preserve_teacher == "init_lora" and not config.init_lora:
+        raise option_error("preserve_teacher", "init_lora needs init_lora set (the LoRA continued from is the teacher)")
+    if config.replay_images and not config.init_lora:
+        raise option_error("replay_images", "replay mixes in the previous concept when continuing; set init_lora "
+                           "too, or train the folder as another concept (concepts TRIGGER=FOLDER)")
+    if config.prior_weight and not config.class_images and not config.class_word:
+        raise option_error("prior_weight", "prior preservation needs class_images, or class_word to generate them "
+                           "(e.g. dog)")
+    if config.masked_loss != "off" and config.augment_variants:
+        raise option_error("masked_loss", "masks follow each image's geometry and are not augmented; use "
+                           "augment_variants 0 with a masked loss")
+    for concept in config.concepts:
+        trigger, sep, folder = concept.partition("=")
+        if not sep or not trigger.strip() or not folder.strip() or any(ch.isspace() for ch in trigger.strip()):
+            raise option_error("concepts", f"{concept!r} is not TRIGGER=FOLDER (one word, then the folder), "
+                               "e.g. ohwx=photos/cat")
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ LoraStates = dict[str, dict[str, torch.Tensor]]  # component -> peft state dict 
 
 
 def _bad(message: str, code: str = "init_lora_mismatch") -> InvalidInput:
-    return InvalidInput(f"--init-lora {message}", code=code, field="init_lora")
+    return InvalidInput(f"init_lora: {message}", code=code, field="init_lora")
 
 
 def read_init_lora(path: str | Path, family: str) -> LoraFile:
@@ -37,7 +37,7 @@ def read_init_lora(path: str | Path, family: str) -> LoraFile:
                    "the kohya or diffusers layout", code="invalid_lora")
     if lora.family is not None and lora.family != family:
         raise _bad(f"{name} was trained for {lora.family}; this run trains {family}. Continue it on a "
-                   f"{lora.family} base model, or start a fresh {family} LoRA without --init-lora")
+                   f"{lora.family} base model, or start a fresh {family} LoRA without init_lora")
     return lora
 
 
@@ -69,7 +69,7 @@ def init_states(lora: LoraFile, expected: LoraStates, prefixes: dict[str, str], 
             down, up = lora.tensors[down_key].float(), lora.tensors[up_key].float()
             if down.shape[0] != rank:
                 raise _bad(f"{name} has rank {down.shape[0]} (layer {module}); this run has rank {rank}. "
-                           f"Pass --rank {down.shape[0]} to continue it")
+                           f"Set rank to {down.shape[0]} to continue it")
             if down.shape != state[key].shape:
                 raise _bad(f"{name}: layer {module} has shape {tuple(down.shape)}, the model's is "
                            f"{tuple(state[key].shape)}; the file was trained for another architecture")
@@ -84,11 +84,11 @@ def init_states(lora: LoraFile, expected: LoraStates, prefixes: dict[str, str], 
     unused = sorted(k for k in lora.tensors if k not in used and not k.endswith(".alpha"))
     if not states:
         raise _bad(f"{name} matched no layer this run trains; it belongs to another architecture or was trained "
-                   "on other layers (check --target-modules)")
+                   "on other layers (check target_modules)")
     if unused:
         text = any(k.startswith(("lora_te", "text_encoder")) for k in unused)
-        hint = ("it trains the text encoder too: pass --train-text-encoder" if text else
-                "pass --target-modules with the layers it was trained on")
+        hint = ("it trains the text encoder too: set train_text_encoder" if text else
+                "set target_modules to the layers it was trained on")
         raise _bad(f"{name} has {len(unused)} weights for layers this run does not train (e.g. {unused[0]}); "
                    f"{hint}, or they would be lost")
     return states

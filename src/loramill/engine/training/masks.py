@@ -54,7 +54,7 @@ MASKERS = {"alpha": alpha_mask, "face": face_mask}
 def example_mask(example: Example, mode: str) -> torch.Tensor | None:
     """The example's mask as [1, H, W] in [0, 1] at its training size, or ``None`` (train the whole image)."""
     if mode not in MASKERS:
-        raise InvalidInput(f"--masked-loss: unknown value {mode!r}; choose one of: {', '.join(MASKED_LOSS)}",
+        raise InvalidInput(f"masked_loss: unknown value {mode!r}; choose one of: {', '.join(MASKED_LOSS)}",
                            code="invalid_option", field="masked_loss")
     with Image.open(example.image_path) as raw:
         image = ImageOps.exif_transpose(raw)
@@ -82,9 +82,9 @@ def example_masks(examples: list[Example], mode: str, progress: ProgressCallback
         progress(Progress("masks", i + 1, len(examples)))
     unmasked = sum(m is None for m in masks)
     if unmasked == len(masks):
-        raise InvalidInput(f"--masked-loss {mode}: no training image has " +
+        raise InvalidInput(f"masked_loss: {mode}: no training image has " +
                            ("an alpha channel" if mode == "alpha" else "a face the detector finds") +
-                           "; use --masked-loss off", code="invalid_option", field="masked_loss")
+                           "; use masked_loss off", code="invalid_option", field="masked_loss")
     if unmasked:
         logger.warning("masked loss %s: %d of %d images have no mask and are trained whole", mode, unmasked,
                        len(masks))

@@ -56,17 +56,3 @@ class Objective:
         pred = self.family.predict(self.pipe, noised, student_cond, meta, self.options)
         return F.mse_loss(pred.float(), target.float())
 
-
-def check_family_options(config: Any, family: str) -> None:
-    """Options that only one kind of model has fail before any work on the other kind."""
-    from loramill.errors import InvalidInput
-
-    flow = family == "flux"
-    if flow and config.min_snr_gamma:
-        raise InvalidInput("--min-snr-gamma weights DDPM timesteps (SD 1.5, SDXL); FLUX.1 trains by flow "
-                           "matching: use --flow-loss-weighting or --timestep-sampling instead",
-                           code="invalid_option", field="min_snr_gamma")
-    if not flow and (config.timestep_sampling != "shift" or config.flow_loss_weighting != "none"):
-        name = "timestep_sampling" if config.timestep_sampling != "shift" else "flow_loss_weighting"
-        raise InvalidInput(f"--{name.replace('_', '-')} is for flow-matching models (FLUX.1); this is {family}: "
-                           "use --min-snr-gamma for DDPM timestep weighting", code="invalid_option", field=name)

@@ -22,7 +22,6 @@ from loramill.errors import LoramillError, Overloaded, TransientError
 from loramill.gateway.bot import jobs
 from loramill.gateway.bot.albums import AlbumCollector, PhotoSet
 from loramill.gateway.bot.jobs import BotServices, Queued
-from loramill.jobs.status import JobKind
 from loramill.logs import redact
 
 logger = logging.getLogger("loramill.bot")
@@ -161,7 +160,7 @@ async def on_status(message: Message, svc: BotServices) -> None:
         return
     lines = []
     for job in recent:
-        what = "avatar training" if job.kind == JobKind.TRAIN else "picture"
+        what = "avatar training" if job.kind == "train" else "picture"
         progress = job.progress or {}
         step = f" {progress['step']}/{progress['totalSteps']}" if {"step", "totalSteps"} <= set(progress) else ""
         lines.append(f"{job.id}: {what}, {job.status}{step}")

@@ -10,18 +10,17 @@ from collections.abc import Callable
 
 from loramill.jobs.contracts import JobEvent
 from loramill.jobs.handlers.context import JobContext
-from loramill.jobs.status import JobKind
 
 Handler = Callable[[JobContext], JobEvent]
 
 
 def handler_for(kind: str) -> Handler:
     """The handler of job ``kind`` (``train`` or ``generate``); heavy imports happen on first use."""
-    if kind == JobKind.TRAIN:
+    if kind == "train":
         from loramill.jobs.handlers.train import handle_training
 
         return handle_training
-    if kind == JobKind.GENERATE:
+    if kind == "generate":
         from loramill.jobs.handlers.generate import handle_generation
 
         return handle_generation

@@ -57,9 +57,12 @@ def handle_training(ctx: JobContext) -> JobEvent:
     config = config or train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file)
     dataset_config = dataset_options(job, config, ctx.settings)
 
-    # 2. Fetch the images (keys only: a job never names a path on the worker's disk)
+    # 2. Fetch the images (keys only: a job never names a path on the worker's disk), and the LoRA to
+    #    continue from (a LoRA id or a key the user may use), as a local file for the engine
     with ctx.stage("fetch"):
         inputs = fetch_images(ctx, job.images, ctx.scratch / "inputs")
+        if config.init_lora:
+            config.init_lora = str(fetch_init_lora(ctx, config.init_lora, family))
 
     # 3. Dataset: checked, framed, captioned with the trigger word; problems named by storage key
     from loramill.engine.dataset.prepare import prepare_dataset
@@ -208,3 +211,29 @@ def as_keys(text: str, folder: Path, keys: list[str]) -> str:
 
 def _get(storage: Storage, key: str, target: Path) -> Path:
     return storage.get_file(key, target)
+
+
+def fetch_init_lora(ctx: JobContext, ref: str, family: str) -> Path:
+    """The local file of ``configurationParams.initLora``: a LoRA id the user may use (their own or a public
+    one), or a storage key under the user's own ``users/{userId}/``; anything else is refused."""
+    field = "configurationParams.initLora"
+    own = f"users/{ctx.job.user_id}/"
+    if "/" not in ref:
+        from loramill.jobs.handlers.generate import fetch_lora
+
+        try:
+            return fetch_lora(ctx, ref, 0, family)
+        except (NotFound, InvalidInput) as exc:
+            message = exc.message.replace("loras[0].id", field, 1)
+            raise type(exc)(message if message.startswith(field) else f"{field}: {message}", code=exc.code,
+                            field=field) from None
+    if not ref.startswith(own) or ".." in PurePosixPath(ref).parts:
+        raise NotFound(f"{field}: {ref!r} is not one of your files; give a LoRA id or a key under {own}",
+                       code="not_found", field=field)
+    local = ctx.scratch / "init_lora" / PurePosixPath(ref).name
+    try:
+        ctx.io("storage.get_file", lambda: ctx.storage.get_file(ref, local))
+    except NotFound:
+        raise NotFound(f"{field}: no file at {ref!r}; upload the LoRA first or give its id", code="not_found",
+                       field=field) from None
+    return local

@@ -128,7 +128,8 @@ async function submitTraining(event) {
   for (const file of $("#train-photos").files) form.append("images", file);
   form.append("triggerWord", $("#train-trigger").value);
   form.append("subjectType", $("#train-subject").value);
-  for (const [id, name] of [["#train-steps", "maxSteps"], ["#train-resolution", "resolution"], ["#train-rank", "networkDim"]]) {
+  for (const [id, name] of [["#train-steps", "maxSteps"], ["#train-resolution", "resolution"], ["#train-rank", "networkDim"],
+    ["#train-init", "initLora"], ["#train-preserve", "preserveWeight"]]) {
     if ($(id).value) form.append(name, $(id).value);
   }
   $("#train-submit").disabled = true;
@@ -162,6 +163,12 @@ async function loadLoras() {
   const { items } = await (await api("/v1/loras")).json();
   const box = $("#loras");
   if (!items.length) return;
+  // "Continue from": a training can start from any LoRA the user may use (issue 13).
+  const init = $("#train-init");
+  const keep = init.value;
+  init.replaceChildren(new Option("a fresh LoRA", ""),
+    ...items.map((lora) => new Option(lora.name || lora.id.slice(0, 8), lora.id)));
+  init.value = keep;
   const chosen = new Map(selectedLoras().map((l) => [l.id, l.weight]));
   box.replaceChildren();
   for (const lora of items) {

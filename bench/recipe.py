@@ -1,0 +1,237 @@
+"""Forgetting and the training recipe on the reference world (issue 13), per shipped family, in one run.
+
+Concept A is a style: ``sks style`` = the striped texture, on base colours and shapes. Concept B is a new
+shape: ``zwx`` = the star the base models never saw. Measured with the reference world's scorer:
+
+- fidelity A: share of ``"a {colour} {shape} on a white background, sks style"`` renders read as striped;
+- fidelity B: share of ``"a {colour} zwx on a white background"`` renders read as a star;
+- base adherence: share of base prompts (every base colour × shape) rendered as their caption says;
+- bleed: A's prompts drawn as stars, and B's drawn striped.
+
+Runs, same seeds: A alone; B alone; A then B continued without protection (forgetting reproduced); A then
+B with teacher preservation (the LoRA continued from as the teacher), with replay of A's images, and with
+both (forgetting prevented: A keeps ≥ 90% of its fidelity, B reaches ≥ 90% of B alone, adherence ≥ 95% of
+the base's); A and B in one run with two triggers; and each recipe feature on B vs B alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import Result, workdir
+
+FAMILIES = ("sd15", "flux")
+STYLE, SHAPE = "sks", "zwx"
+TARGET_KEEP, TARGET_ADHERENCE = 0.9, 0.95
+COMMAND = "make bench BENCH=recipe"
+
+
+@dataclass
+class Plan:
+    steps: int = 300
+    images: int = 12
+    seeds: tuple[int, ...] = (0, 1)
+    render_steps: int = 20
+    lr: float = 1e-3
+    rank: int = 8
+
+
+def datasets(root: Path) -> dict[str, Path]:
+    """A: striped base shapes captioned "…, sks style"; B: stars of base colours captioned "a red zwx …"."""
+    from dataclasses import replace
+
+    from loramill.engine.reference import domain
+
+    out = {}
+    for name, texture, shape_word in (("A", "striped", None), ("B", "solid", SHAPE)):
+        folder = root / f"concept-{name}"
+        if not (folder / "done").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            specs = domain.specs_for("base", 12, seed=100 + ord(name))
+            for i, spec in enumerate(specs):
+                spec = replace(spec, background="white", texture=texture,
+                               shape=spec.shape if shape_word is None else "star")
+                domain.render(spec).save(folder / f"{i:03d}.png")
+                words = domain.caption(spec.colour, spec.shape, "white")
+                text = f"{words}, {STYLE} style" if shape_word is None else words.replace("star", SHAPE)
+                (folder / f"{i:03d}.txt").write_text(text)
+            (folder / "done").write_text("")
+        out[name] = folder
+    return out
+
+
+def prompts(concept: str) -> list[Any]:
+    """(prompt, spec the prompt describes) for a concept's fidelity renders."""
+    from loramill.engine.reference import domain
+
+    if concept == "A":
+        return [(f"{domain.caption(c, s)}, {STYLE} style", domain.Shape(c, s, texture="striped"))
+                for c in domain.BASE_COLOURS for s in domain.BASE_SHAPES]
+    return [(domain.caption(c, "star").replace("star", SHAPE), domain.Shape(c, "star")) for c in domain.BASE_COLOURS]
+
+
+def render(pipe: Any, family: Any, texts: list[str], plan: Plan) -> list[Any]:
+    import torch
+
+    from loramill.engine.reference.domain import SIZE
+
+    images = []
+    for seed in plan.seeds:
+        kwargs = family.generation_kwargs(prompt=texts, negative_prompt="", steps=plan.render_steps,
+                                          guidance=family.DEFAULT_GUIDANCE, width=SIZE, height=SIZE, num_images=1,
+                                          generator=[torch.Generator().manual_seed(seed) for _ in texts])
+        images += pipe(**kwargs).images
+    return images
+
+
+def adherence(pipe: Any, family: Any, plan: Plan) -> float:
+    """Share of base prompts (every base colour × shape; white background on even seeds, black on odd)
+    rendered as their caption says, by the reference scorer."""
+    from loramill.engine.reference.adherence import base_prompts
+    from loramill.engine.reference.scorer import score
+
+    hits = total = 0
+    for seed in plan.seeds:
+        specs = [spec for spec, _ in base_prompts([seed])]
+        images = render(pipe, family, [spec.caption for spec in specs], Plan(**{**plan.__dict__, "seeds": (seed,)}))
+        hits += sum(score(im).matches(spec) for spec, im in zip(specs, images))
+        total += len(specs)
+    return hits / total
+
+
+def measure(pipe: Any, family_name: str, lora: Path | None, plan: Plan) -> dict[str, float]:
+    """Fidelity of A and B, bleed, and base adherence with ``lora`` (None: the base model)."""
+    from loramill.engine.families import get_family
+    from loramill.engine.reference.scorer import score
+
+    family = get_family(family_name)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora), adapter_name="bench")
+    try:
+        scored = {}
+        for concept in ("A", "B"):
+            items = prompts(concept)
+            scored[concept] = [score(im) for im in render(pipe, family, [p for p, _ in items], plan)]
+        a, b = scored["A"], scored["B"]
+        return {
+            "fidelity_A": sum(s.valid and s.texture == "striped" for s in a) / len(a),
+            "fidelity_B": sum(s.valid and s.shape == "star" for s in b) / len(b),
+            "bleed_A_as_star": sum(s.valid and s.shape == "star" for s in a) / len(a),
+            "bleed_B_striped": sum(s.valid and s.texture == "striped" for s in b) / len(b),
+            "adherence": adherence(pipe, family, plan),
+        }
+    finally:
+        if lora is not None:
+            pipe.unload_lora_weights()
+
+
+def runs(data: dict[str, Path], family: str) -> dict[str, dict[str, Any]]:
+    """Every training of the comparison: name -> options on top of the common ones (``init`` names a run)."""
+    both = [f"{SHAPE}={data['B']}"]
+    # What the user asks to keep when continuing: the previous concept's own prompts.
+    keep = sorted({p.read_text() for p in data["A"].glob("*.txt")})
+    out: dict[str, dict[str, Any]] = {
+        "A": dict(images=data["A"], trigger=STYLE),
+        "B": dict(images=data["B"], trigger=SHAPE),
+        "A→B": dict(images=data["B"], trigger=SHAPE, init="A"),
+        "A→B teacher": dict(images=data["B"], trigger=SHAPE, init="A", preserve_weight=1.0, preserve_prompts=keep),
+        "A→B replay": dict(images=data["B"], trigger=SHAPE, init="A", replay_images=str(data["A"])),
+        "A→B teacher+replay": dict(images=data["B"], trigger=SHAPE, init="A", preserve_weight=1.0,
+                                   preserve_prompts=keep, replay_images=str(data["A"])),
+        "A+B one run": dict(images=data["A"], trigger=STYLE, concepts=both),
+        "B ema": dict(images=data["B"], trigger=SHAPE, ema_decay=0.99),
+        "B huber": dict(images=data["B"], trigger=SHAPE, loss="huber"),
+        "B caption dropout": dict(images=data["B"], trigger=SHAPE, caption_dropout=0.1),
+        "B lora+": dict(images=data["B"], trigger=SHAPE, lora_plus_ratio=16.0),
+        "B teacher (base)": dict(images=data["B"], trigger=SHAPE, preserve_weight=1.0),
+    }
+    if family == "flux":
+        out["B logit-normal"] = dict(images=data["B"], trigger=SHAPE, timestep_sampling="logit_normal")
+        out["B cosmap"] = dict(images=data["B"], trigger=SHAPE, flow_loss_weighting="cosmap")
+    else:
+        out["B min-snr 5"] = dict(images=data["B"], trigger=SHAPE, min_snr_gamma=5.0)
+    return out
+
+
+def run_family(family: str, model: Path, root: Path, plan: Plan, only: list[str] | None = None) -> dict[str, Any]:
+    """Train every run of ``runs`` (skipping ones already written), then measure each LoRA and the base."""
+    from loramill.engine.families import get_family
+    from loramill.engine.training.config import TrainConfig
+    from loramill.engine.training.run import train
+
+    data = datasets(root)
+    loras: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for name, options in runs(data, family).items():
+        if only and name not in only:
+            continue
+        options = dict(options)
+        init = options.pop("init", None)
+        out = root / family / (name.replace(" ", "_").replace("→", "-to-").replace("+", "plus") + ".safetensors")
+        if not out.exists():
+            started = time.perf_counter()
+            config = TrainConfig(model=str(model), out=str(out), resolution=64, rank=plan.rank, lr=plan.lr,
+                                 max_steps=plan.steps, seed=0, prepare="never", class_word="shape",
+                                 init_lora=str(loras[init]) if init else None, **options)
+            train(config)
+            seconds[name] = round(time.perf_counter() - started, 1)
+        loras[name] = out
+    pipe = get_family(family).load_pipeline(str(model))
+    measured = {"base": measure(pipe, family, None, plan)}
+    for name, path in loras.items():
+        measured[name] = measure(pipe, family, path, plan)
+    return {"metrics": measured, "train_seconds": seconds}
+
+
+def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
+    """The table's lines: forgetting reproduced and prevented, no bleed, and each feature vs B alone."""
+    a, b, base = m["A"], m["B"], m["base"]
+    out = []
+    plain = m["A→B"]
+    out.append(Result(f"{family}: forgetting A after continuing on B", "fidelity A kept (after/before)",
+                      a["fidelity_A"], plain["fidelity_A"], _ratio(plain["fidelity_A"], a["fidelity_A"]),
+                      "a large drop (reproduces the problem)", None, COMMAND, details=plain))
+    for name in ("A→B teacher", "A→B replay", "A→B teacher+replay"):
+        r = m[name]
+        keep_a = _ratio(r["fidelity_A"], a["fidelity_A"])
+        keep_b = _ratio(r["fidelity_B"], b["fidelity_B"])
+        keep_base = _ratio(r["adherence"], base["adherence"])
+        met = None if None in (keep_a, keep_b, keep_base) else bool(
+            keep_a >= TARGET_KEEP and keep_b >= TARGET_KEEP and keep_base >= TARGET_ADHERENCE)
+        out.append(Result(f"{family}: {name}", "A kept / B vs alone / adherence vs base", a["fidelity_A"],
+                          r["fidelity_A"], keep_a, "≥0.9 / ≥0.9 / ≥0.95", met, COMMAND,
+                          details={**r, "keep_A": keep_a, "keep_B": keep_b, "keep_adherence": keep_base}))
+    two = m["A+B one run"]
+    bleed = max(two["bleed_A_as_star"], two["bleed_B_striped"])
+    out.append(Result(f"{family}: A and B in one run", "bleed (max of the two)", None, bleed, None, "≤ 0.10",
+                      bleed <= 0.10, COMMAND, details=two))
+    for name, r in m.items():
+        if name.startswith("B "):
+            out.append(Result(f"{family}: {name} vs B alone", "fidelity B (feature / off)", b["fidelity_B"],
+                              r["fidelity_B"], _ratio(r["fidelity_B"], b["fidelity_B"]), "> 1 helps", None, COMMAND,
+                              details={**r, "adherence_off": b["adherence"]}))
+    return out
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return round(value / reference, 3) if reference else None
+
+
+def run(quick: bool = False) -> list[Result]:
+    from loramill.engine.reference.models import write_reference_model
+
+    plan = Plan(steps=60, seeds=(0,)) if quick else Plan()
+    results: list[Result] = []
+    for family in FAMILIES:
+        root = workdir("recipe")
+        model = root / f"reference-{family}"
+        if not (model / "model_index.json").exists():
+            write_reference_model(family, model)
+        found = run_family(family, model, root, plan)
+        (root / f"{family}.json").write_text(json.dumps(found, indent=2))
+        results += verdicts(family, found["metrics"])
+    return results
