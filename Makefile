@@ -19,9 +19,13 @@ TORCH_THREADS ?= 1
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	@echo "[1/3] PyTorch ($(TORCH_SPEC)) into $(VENV): the longest step on a fresh machine"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on "$(TORCH_SPEC)" 2>&1 | grep --line-buffered -v "is ignored" || true
+	@echo "[2/3] loramill and its dependencies (diffusers, transformers, peft, the service and test libraries)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e ".[test]" 2>&1 | grep --line-buffered -v "is ignored" || true
+	@echo "[3/3] checking that everything imports"
 	@$(PY) -c "import torch, diffusers, peft, loramill" || (echo "install failed" && exit 1)
+	@echo "installed: activate with 'source $(VENV)/bin/activate' to put loramill on PATH"
 	@touch $(STAMP)
 
 services:

@@ -35,3 +35,15 @@ def test_refuse_transition_with_unknown_status() -> None:
 def test_list_sources_of_completed() -> None:
     assert sources_of("completed") == {JobStatus.PROCESSING}
     assert sources_of(JobStatus.CANCELED) == {JobStatus.QUEUED, JobStatus.PROCESSING}
+
+
+def test_job_kind_has_one_public_word_each_and_the_api_lists_them() -> None:
+    import typing
+
+    from loramill.gateway.api.schemas import PublicKind
+    from loramill.jobs.contracts import GenerationJob, TrainingJob
+    from loramill.jobs.status import JobKind
+
+    assert (TrainingJob.kind, GenerationJob.kind) == (JobKind.TRAIN, JobKind.GENERATE) == ("train", "generate")
+    assert set(typing.get_args(PublicKind)) == {kind.public for kind in JobKind} == {"training", "generation"}
+    assert all(JobKind.from_public(kind.public) is kind for kind in JobKind)

@@ -54,7 +54,10 @@ def test_accept_2000_submissions_from_50_clients(tmp_path: Path) -> None:
         keys.append(store.create_api_key(f"client-{n}")[1])
     port = free_port()
     env = base_env(tmp_path) | {"LORAMILL_WORKERS": "0", "LORAMILL_PORT": str(port),
-                                "LORAMILL_QUEUE_LIMIT": str(SUBMISSIONS * 2)}
+                                "LORAMILL_QUEUE_LIMIT": str(SUBMISSIONS * 2),
+                                # throughput is measured here, not the per-user fair share
+                                "LORAMILL_USER_QUEUE_LIMIT": str(SUBMISSIONS), "LORAMILL_USER_RATE_LIMIT": "10000",
+                                "LORAMILL_USER_RATE_BURST": str(SUBMISSIONS)}
     server = subprocess.Popen([sys.executable, "-m", "loramill", "serve"], env=env, cwd=REPO,
                               stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT)
     latencies: list[float] = []

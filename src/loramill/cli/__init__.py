@@ -28,8 +28,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
+DESCRIPTION = ("Train LoRA adapters for Stable Diffusion 1.5, SDXL and FLUX.1 from a few images, and generate\n"
+               "images with them: from the command line, or as a service (HTTP API, web page, Telegram bot,\n"
+               "queue workers).")
+EPILOG = """examples:
+  loramill models tiny sd15 tiny-sd15                  a tiny random model to try things with
+  loramill train --model tiny-sd15 --images photos/ --trigger sks --out sks.safetensors
+  loramill generate --model tiny-sd15 --prompt "a portrait of sks" --lora sks.safetensors:0.9
+  loramill serve                                       API, web page and a worker on http://127.0.0.1:8080
+
+`loramill COMMAND --help` describes each command; docs/configuration.md lists every setting."""
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loramill", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="loramill", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"loramill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

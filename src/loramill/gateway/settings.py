@@ -32,6 +32,13 @@ class GatewaySettings(BaseSettings):
     # backpressure
     queue_limit: int = Field(default=100, ge=1, description="queued jobs above which new jobs get 429")
     retry_after_seconds: int = Field(default=30, ge=1, description="Retry-After sent with 429")
+    # fair share between users (keys): one user's flood must not lock the others out
+    user_queue_limit: int = Field(default=20, ge=1, description="waiting (queued) jobs one user may have; above "
+                                  "it that user's new jobs get 429 user_queue_full, others are unaffected")
+    user_rate_limit: float = Field(default=2.0, gt=0, description="job submissions per second one user may make "
+                                   "on average; above it 429 rate_limited with Retry-After")
+    user_rate_burst: int = Field(default=20, ge=1, description="submissions one user may make at once before "
+                                 "LORAMILL_USER_RATE_LIMIT applies")
 
     # listing and streaming
     page_size: int = Field(default=20, ge=1, le=500, description="default number of jobs per page")

@@ -41,7 +41,7 @@ from loramill.engine.options import (
 )
 from loramill.engine.training.config import TrainConfig
 from loramill.errors import InvalidInput, LoramillError
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import JobKind, JobStatus
 from loramill.jobs.wire import wire_model, wire_type
 
 logger = logging.getLogger("loramill.jobs")
@@ -146,7 +146,7 @@ class TrainingConfig(_TrainingWire):  # type: ignore[misc,valid-type]
 class TrainingJob(_Wire):
     """Train a LoRA from a user's images (Selfix input, SPEC.md 3.1)."""
 
-    kind: ClassVar[str] = "train"
+    kind: ClassVar[JobKind] = JobKind.TRAIN
 
     task_id: Identifier
     user_id: Identifier
@@ -178,7 +178,7 @@ _GenerationWire = wire_model(
 class GenerationJob(_GenerationWire):  # type: ignore[misc,valid-type]
     """Generate images from a prompt, optionally with LoRAs (SPEC.md 3.3); ``None`` = family default."""
 
-    kind: ClassVar[str] = "generate"
+    kind: ClassVar[JobKind] = JobKind.GENERATE
 
 
 Job = TrainingJob | GenerationJob

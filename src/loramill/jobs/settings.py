@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loramill.errors import InvalidInput
 from loramill.jobs.retry import RetryPolicy
+from loramill.jobs.status import JobKind
 
-JOB_KINDS = ("train", "generate")
+JOB_KINDS = tuple(JobKind)
 BROKERS = ("sql", "kafka", "rabbitmq")
 PRESETS = (None, "tsuki")
 

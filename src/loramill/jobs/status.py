@@ -8,6 +8,25 @@ one or a completed job into a failed one.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
+
+
+class JobKind(StrEnum):
+    """What a job does. The values are what the queue, the store, metrics and ``LORAMILL_JOB_KINDS`` use;
+    ``public`` is the word the HTTP API shows (``kind`` of a job, ``?kind=``), kept as its clients know it."""
+
+    TRAIN = "train"
+    GENERATE = "generate"
+
+    @property
+    def public(self) -> Literal["training", "generation"]:
+        """``training`` or ``generation``: the API's word for this kind."""
+        return "training" if self is JobKind.TRAIN else "generation"
+
+    @classmethod
+    def from_public(cls, word: str) -> JobKind:
+        """The kind the API calls ``word`` (``training`` → ``TRAIN``)."""
+        return next(kind for kind in cls if kind.public == word)
 
 
 class JobStatus(StrEnum):

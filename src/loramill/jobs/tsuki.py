@@ -116,8 +116,8 @@ def translate(body: bytes, settings: TsukiSettings) -> bytes:
     for name, value in {**DEFAULTS, **params}.items():
         if name in FIELDS:
             job[FIELDS[name]] = value
-    if "prompt" not in job:
-        job["prompt"] = None  # so the message reads as a generation job and the error names prompt
+    if job.get("prompt") is None:
+        job["prompt"] = ""  # so the message reads as a generation job and is refused naming prompt
     if settings.lora:
         lora_id, _, weight = settings.lora.partition(":")
         job["loras"] = [{"id": lora_id, "weight": float(weight) if weight else 1.0}]

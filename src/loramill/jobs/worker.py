@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,10 +34,10 @@ from loramill.jobs.callbacks import StatusCallback
 from loramill.jobs.contracts import JobEvent, failed_event_for, parse_job
 from loramill.jobs.events import Job, JobRecorder
 from loramill.jobs.handlers import checkpoints, handler_for
-from loramill.jobs.handlers.context import STOP_CANCEL, JobContext
+from loramill.jobs.handlers.context import JobContext, StopReason
 from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import JobKind, JobStatus
 from loramill.jobs.tsuki import TsukiSettings, is_tsuki, load_tsuki_settings, translate
 from loramill.logs import task_context
 
@@ -46,9 +47,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH_EVERY = 30.0  # seconds; Kafka answers it with a consumer of its own, so not on every idle tick
-# Outcomes of one delivery, as handle() returns them (also what the tests read).
-COMPLETED, FAILED, CANCELED = "completed", "failed", "canceled"
-DUPLICATE, DEAD_LETTERED, HANDED_BACK, SKIPPED = "duplicate", "dead_lettered", "handed_back", "skipped"
+
+
+class Outcome(StrEnum):
+    """What became of one delivery, as ``Worker.handle`` returns it (equal to its string, as logs show it)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    DUPLICATE = "duplicate"  # already finished: its stored outcome was published again
+    DEAD_LETTERED = "dead_lettered"  # not a job: set aside with the reason
+    HANDED_BACK = "handed_back"  # stopped by shutdown or an outage: back on the queue
+    SKIPPED = "skipped"  # another kind of worker's job, or running elsewhere
 
 
 class Worker:
@@ -164,8 +174,8 @@ class Worker:
             log.exception("handling a delivery failed unexpectedly; giving it back")
             self._give_back(delivery)
 
-    def handle(self, delivery: Delivery) -> str:
-        """One delivery from message to acknowledgement; returns what became of it (``COMPLETED`` …)."""
+    def handle(self, delivery: Delivery) -> Outcome:
+        """One delivery from message to acknowledgement; returns what became of it."""
         # 1. Read the message (a source system's format translated first): anything that is not a job is
         #    set aside with the reason, never retried
         body = self._translate(delivery.body)
@@ -178,7 +188,7 @@ class Worker:
             if job.kind not in self.settings.job_kinds:
                 log.info("not a %s worker; handing the %s job back", self.settings.jobs, job.kind)
                 self._give_back(delivery)
-                return SKIPPED
+                return Outcome.SKIPPED
             started = time.monotonic()
             metrics.IN_PROGRESS.labels(kind=job.kind).inc()
             self._running.add(job.task_id)
@@ -196,7 +206,7 @@ class Worker:
                 if started_as == "busy":
                     log.info("job is still running on another worker; handing this copy back")
                     self._give_back(delivery)
-                    return SKIPPED
+                    return Outcome.SKIPPED
                 log.info("job started (attempt %d)", record.attempts + 1,
                          extra={"kind": job.kind, "attempt": record.attempts + 1, "redelivered": delivery.redelivered})
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
@@ -206,17 +216,17 @@ class Worker:
                                  batcher=self.batcher, queued_at=record.created_at)
                 with self._heartbeat(job.task_id):
                     outcome, event = self._run(ctx)
-                if outcome == HANDED_BACK:
+                if outcome == Outcome.HANDED_BACK:
                     # 5a. Stopped by shutdown or an outage: the checkpoint is in storage, the job goes back
                     self.recorder.hand_back(job.task_id)
                     self.broker.nack(delivery, requeue=True)
                     log.info("job handed back to the queue")
-                    return HANDED_BACK
+                    return Outcome.HANDED_BACK
                 # 5b. Store the outcome, publish it, and only then acknowledge the delivery
                 assert event is not None
                 published = self.recorder.finish(event)
                 self.broker.ack(delivery)
-                final = str(published.status)
+                final = Outcome(published.status)
                 metrics.JOBS.labels(kind=job.kind, status=final).inc()
                 took = time.monotonic() - started
                 metrics.JOB_SECONDS.labels(kind=job.kind, status=final).observe(took)
@@ -230,35 +240,35 @@ class Worker:
                 # even that fails, the broker redelivers it on its own (lease, rebalance, reconnect).
                 log.error("job handed back after an outage: %s", exc.message)
                 self._give_back(delivery)
-                return HANDED_BACK
+                return Outcome.HANDED_BACK
             finally:
                 self._running.discard(job.task_id)
                 metrics.IN_PROGRESS.labels(kind=job.kind).dec()
 
-    def _run(self, ctx: JobContext) -> tuple[str, JobEvent | None]:
+    def _run(self, ctx: JobContext) -> tuple[Outcome, JobEvent | None]:
         """Run the job's handler and turn how it ended into an outcome and its terminal event."""
         job = ctx.job
         try:
-            return COMPLETED, handler_for(job.kind)(ctx)
+            return Outcome.COMPLETED, handler_for(job.kind)(ctx)
         except StopRequested:
-            if ctx.stop_reason == STOP_CANCEL:
+            if ctx.stop_reason is StopReason.CANCEL:
                 log.info("job canceled by its owner; its checkpoint is kept")
-                return CANCELED, JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.CANCELED)
-            return HANDED_BACK, None
+                return Outcome.CANCELED, JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.CANCELED)
+            return Outcome.HANDED_BACK, None
         except TransientError as exc:
             log.warning("job hit a transient failure after retries: %s", exc.message)
             self.shutdown.wait(self.settings.handback_seconds)
-            return HANDED_BACK, None
+            return Outcome.HANDED_BACK, None
         except LoramillError as exc:
             log.warning("job failed: [%s] %s", exc.code, exc.message, extra={"code": exc.code})
-            return FAILED, self.recorder.failed(job, exc)
+            return Outcome.FAILED, self.recorder.failed(job, exc)
         except Exception as exc:  # noqa: BLE001 - a bug must fail one job, not the worker
             log.exception("job failed with an unexpected error")
             # The engine may have stopped half-way through changing the resident pipeline.
             self.models.drop_all()
             error = LoramillError(f"internal error ({type(exc).__name__}); the worker log has the details "
                                   f"for task {job.task_id}")
-            return FAILED, self.recorder.failed(job, error)
+            return Outcome.FAILED, self.recorder.failed(job, error)
 
     def _await_other_run(self, job: Job) -> str:
         """A copy of a job that a live worker is running (a producer's retry, a rebalance, a redelivery
@@ -289,7 +299,7 @@ class Worker:
         except LoramillError as exc:
             log.error("could not hand the delivery back (%s); the broker will redeliver it", exc.message)
 
-    def _republish(self, delivery: Delivery, kind: str, task_id: str) -> str:
+    def _republish(self, delivery: Delivery, kind: str, task_id: str) -> Outcome:
         """A delivery of a finished job: publish its stored outcome again, run nothing."""
         record = self.recorder.io("store.get_job", lambda: self.store.get_job(task_id))
         assert record is not None
@@ -297,7 +307,7 @@ class Worker:
         self.recorder.publish(self.recorder.stored_outcome(record))
         self.broker.ack(delivery)
         metrics.DUPLICATES.labels(kind=kind).inc()
-        return DUPLICATE
+        return Outcome.DUPLICATE
 
     def _translate(self, body: bytes) -> bytes:
         """A Tsuki request as loramill's generation job (with the preset on); anything else as it is."""
@@ -309,7 +319,7 @@ class Worker:
             self.callback.watch(task_id)  # before parsing: a refused request is reported failed too
         return translated
 
-    def _dead_letter(self, delivery: Delivery, error: LoramillError, body: bytes | None = None) -> str:
+    def _dead_letter(self, delivery: Delivery, error: LoramillError, body: bytes | None = None) -> Outcome:
         """Set a message that is not a runnable job aside, with the reason; answer it if it names a task.
 
         ``body`` is the message as read (translated from a source system's format); the original goes aside.
@@ -328,7 +338,7 @@ class Worker:
             except TransientError as exc:
                 log.error("dead-lettering failed (%s); the message will come back", exc.message)
         metrics.DEAD_LETTERS.labels(code=error.code).inc()
-        return DEAD_LETTERED
+        return Outcome.DEAD_LETTERED
 
     def _answer_unreadable(self, event: JobEvent, body: bytes) -> None:
         """Tell the sender (matching by taskId) that its message was refused, unless that task already ended.
@@ -347,11 +357,11 @@ class Worker:
             event.task_id, JobStatus.FAILED, error=error, event=event.to_dict()))
         self.recorder.publish(event)
 
-    def _clean_up(self, ctx: JobContext, final: str) -> None:
+    def _clean_up(self, ctx: JobContext, final: Outcome) -> None:
         """Drop what a finished job no longer needs: its scratch folder, and a completed training's checkpoints."""
         if not self.settings.keep_work:
             shutil.rmtree(ctx.scratch, ignore_errors=True)
-        if ctx.job.kind == "train" and final == COMPLETED:
+        if ctx.job.kind == JobKind.TRAIN and final == Outcome.COMPLETED:
             try:
                 checkpoints.delete_all(self.storage, ctx.job.task_id, self.recorder.io)
             except LoramillError as exc:  # only costs space; the next cleanup pass can take it
@@ -360,7 +370,7 @@ class Worker:
     def _scratch(self, job: Job) -> Path:
         """The job's scratch folder, emptied; a generation job writes nothing there, so it is not made."""
         folder = self.settings.work_dir / "jobs" / job.task_id
-        if job.kind == "train":
+        if job.kind == JobKind.TRAIN:
             shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's leftovers; its checkpoint is in storage
             folder.mkdir(parents=True)
         return folder
@@ -402,7 +412,7 @@ def _is_event(body: bytes) -> bool:
 def _kind_of(body: bytes) -> str:
     """The kind a refused message was meant to be, as ``parse_job`` would read it (a training unless it has a
     ``prompt`` and no ``images``)."""
-    return "generate" if _is_generation(body) else "train"
+    return JobKind.GENERATE if _is_generation(body) else JobKind.TRAIN
 
 
 def _excerpt(body: bytes, limit: int = 2000) -> str:

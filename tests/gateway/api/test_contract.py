@@ -7,7 +7,9 @@ tests/artifacts/schemathesis-cases.json.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +22,11 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.gateway.api.conftest import make_api
 
-_API = make_api(Path(tempfile.mkdtemp(prefix="loramill-contract-")))
+# The schema is read at import (schemathesis parametrizes from it), so the app is made then; its folder
+# goes when the process ends, also when this module is only collected (atexit, not a fixture).
+_HOME = Path(tempfile.mkdtemp(prefix="loramill-contract-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+_API = make_api(_HOME)
 schema = schemathesis.openapi.from_asgi("/openapi.json", _API.client.app)
 # The event stream of a job that exists stays open until the job ends (there is no worker here).
 schema = schema.exclude(path_regex=r".*/events$")

@@ -22,10 +22,11 @@ from loramill.adapters.store.settings import StoreSettings
 from loramill.gateway.bot.settings import BotSettings
 from loramill.gateway.settings import GatewaySettings
 from loramill.jobs.settings import WorkerSettings
+from loramill.jobs.tsuki import TsukiSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS: list[type[BaseSettings]] = [GatewaySettings, WorkerSettings, StoreSettings, StorageSettings, KafkaSettings,
-                                      RabbitMQSettings, BotSettings]
+                                      RabbitMQSettings, BotSettings, TsukiSettings]
 THIRD_PARTY = {"postgres", "kafka", "minio", "minio-init", "prometheus", "grafana"}
 
 

@@ -230,11 +230,13 @@ class JobsMixin:
         with self.db.read() as conn:
             return [to_record(EventRecord, r) for r in conn.execute(query)]
 
-    def count_queued(self, kind: str | None = None) -> int:
-        """Jobs waiting to start (optionally of one kind)."""
+    def count_queued(self, kind: str | None = None, *, user_id: str | None = None) -> int:
+        """Jobs waiting to start (optionally of one kind, or of one user)."""
         query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == "queued")
         if kind is not None:
             query = query.where(jobs.c.kind == kind)
+        if user_id is not None:
+            query = query.where(jobs.c.user_id == user_id)
         with self.db.read() as conn:
             return int(conn.execute(query).scalar() or 0)
 

@@ -121,10 +121,19 @@ def load_pipeline_of(pipeline_cls: Any, source: str, *, dtype: torch.dtype) -> A
                            code="model_load_failed", field="model") from exc
 
 
-def add_noise_ddpm(scheduler: Any, latents: torch.Tensor, generator: torch.Generator
+def add_noise_ddpm(scheduler: Any, latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample noise and timesteps and noise the latents (DDPM forward process); returns (noisy, noise, t)."""
+    """Sample noise and timesteps and noise the latents (DDPM forward process); returns (noisy, noise, t).
+
+    ``noise_offset`` (Guttenberg's offset noise) adds ``offset × N(0, 1)`` per sample and channel, constant over
+    the image: plain noise never shifts a channel's mean, so a model trained without it cannot move far from
+    mid-grey. Its draw comes from the same generator, after the noise, and only when the offset is non-zero.
+    """
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+    if noise_offset:
+        b, c = latents.shape[:2]
+        offset = torch.randn((b, c, 1, 1), generator=generator, dtype=latents.dtype).to(latents.device)
+        noise = noise + noise_offset * offset
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
                               generator=generator).to(latents.device).long()
     return scheduler.add_noise(latents, noise, timesteps), noise, timesteps

@@ -59,7 +59,7 @@ def add_noise(pipe: Any, latents: torch.Tensor, generator: torch.Generator, opti
     from loramill.engine.training.weighting import ddpm_snr
 
     scheduler = _noise_scheduler(pipe)
-    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator)
+    noisy, noise, timesteps = add_noise_ddpm(scheduler, latents, generator, options.get("noise_offset", 0.0))
     return Noised(noisy, ddpm_target(scheduler, latents, noise, timesteps), timesteps,
                   snr=ddpm_snr(scheduler.alphas_cumprod, timesteps))
 

@@ -44,9 +44,9 @@ def bfl_name(module: str) -> tuple[str, int | None]:
     m = _BLOCK.match(module)
     table, kind = (DOUBLE, "double_blocks") if m and m.group(1) == "transformer_blocks" else (SINGLE, "single_blocks")
     if m is None or m.group(3) not in table:
-        raise InvalidInput(f"--format sd-scripts: FLUX module {module!r} has no sd-scripts (BFL) name; sd-scripts "
+        raise InvalidInput(f"format: FLUX module {module!r} has no sd-scripts (BFL) name; sd-scripts "
                            f"LoRAs cover the blocks' {', '.join(sorted(set(DOUBLE) | set(SINGLE)))}. Drop it from "
-                           "--target-modules or export with --format kohya", code="invalid_option", field="format")
+                           "target_modules or export as kohya", code="invalid_option", field="format")
     bfl, part = table[m.group(3)]
     return f"{kind}.{m.group(2)}.{bfl}", part
 
@@ -91,8 +91,8 @@ def to_sd_scripts_flux(state: dict[str, torch.Tensor], alpha: float) -> dict[str
             if i in parts:
                 part_down, part_up = parts[i]
                 if part_down.shape[0] != rank or part_up.shape[0] != size:
-                    raise InvalidInput(f"--format sd-scripts: parts of {bfl} have unequal ranks or widths; export "
-                                       "with --format kohya", code="invalid_option", field="format")
+                    raise InvalidInput(f"format: the sd-scripts parts of {bfl} have unequal ranks or widths; export "
+                                       "as kohya", code="invalid_option", field="format")
                 down[i * rank:(i + 1) * rank] = part_down
                 up[row:row + size, i * rank:(i + 1) * rank] = part_up
             row += size

@@ -84,7 +84,7 @@ LOADS[("sd-scripts", "sdxl")] = LOADS[("kohya", "sdxl")]
 def check_format(fmt: str) -> None:
     """Refuse an unknown layout, listing the ones there are."""
     if fmt not in LORA_FORMATS:
-        raise InvalidInput(f"--format: unknown LoRA layout {fmt!r}; choose one of: {', '.join(LORA_FORMATS)}",
+        raise InvalidInput(f"format: unknown LoRA layout {fmt!r}; choose one of: {', '.join(LORA_FORMATS)}",
                            code="invalid_option", field="format")
 
 

@@ -26,7 +26,7 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float, target_modules: li
     if not params:
         from loramill.errors import InvalidInput
 
-        raise InvalidInput(f"--target-modules {','.join(target_modules)} matched no layer of the model; "
+        raise InvalidInput(f"target_modules: {','.join(target_modules)} matched no layer of the model; "
                            "use module names such as to_q,to_k,to_v,to_out.0", code="invalid_option",
                            field="target_modules")
     for p in params:

@@ -98,8 +98,8 @@ def resolve_checkpoint(resume: str, root: Path) -> Path | None:
     found = list_checkpoints(path)
     if found:
         return found[-1]
-    raise InvalidInput(f"--resume {resume}: not a checkpoint folder (expected {INFO_FILE} inside, or a folder "
-                       "of step-NNNNNN checkpoints); use --resume latest to continue the last run",
+    raise InvalidInput(f"resume: {resume} is not a checkpoint folder (expected {INFO_FILE} inside, or a folder "
+                       "of step-NNNNNN checkpoints); use 'latest' to continue the last run",
                        code="invalid_checkpoint", field="resume")
 
 

@@ -74,7 +74,8 @@ class TrainConfig(Spec):
     target_modules: list[str] | None = option(None, split=",", help="comma-separated module names (default: the "
                                               "family's attention layers)")
     train_text_encoder: bool = option(False, help="also train text-encoder LoRA (SD families)")
-    format: str = option("kohya", choices=LORA_FORMATS, help="LoRA layout of the written file")
+    format: str = option("kohya", choices=LORA_FORMATS,
+                         help="LoRA layout of the written file (README, \"LoRA layouts\": which tool loads which)")
     # how long
     epochs: int | None = option(None, ge=1, le=100_000, wire="epochs", help="passes over the data (default 10)",
                                 wire_cap=WireCap(le=1000, reason=_SHARED_GPU))
@@ -97,6 +98,10 @@ class TrainConfig(Spec):
     mixed_precision: str = option("no", choices=MIXED_PRECISION, help="autocast precision (bf16/fp16 need CUDA)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
     guidance_scale: float = option(1.0, ge=0, le=100, help="FLUX guidance embedding value during training")
+    noise_offset: float = option(0.0, ge=0, le=1, wire="noiseOffset", families=("sd15", "sdxl"),
+                                 why="FLUX.1 trains by flow matching, which does not use it",
+                                 help="add offset × one normal draw per image and channel to the training noise, so "
+                                      "the LoRA can learn images darker or brighter than average (typical: 0.05-0.1)")
     seed: int = option(0, ge=0, le=2**32 - 1, wire="seed", help="seed of the adapter init, batch order and noise")
     # checkpoints and validation
     checkpoint_every: int = option(0, ge=0, le=10_000_000, wire="checkpointEverySteps",

@@ -42,10 +42,10 @@ def load_examples(source: str, *, trigger: str, resolution: int, multiple: int) 
 
     path = Path(source)
     if not path.exists():
-        raise InvalidInput(f"--images {source}: no such folder or file", code="images_not_found", field="images")
+        raise InvalidInput(f"images: {source}: no such folder or file", code="images_not_found", field="images")
     items = load_dataset(path, trigger_word=trigger)
     if not items:
-        raise InvalidInput(f"--images {source}: no images found (looked for .png, .jpg, .jpeg, .webp, .bmp); "
+        raise InvalidInput(f"images: {source}: no images found (looked for .png, .jpg, .jpeg, .webp, .bmp); "
                            "add a few images of the subject", code="no_images", field="images")
     side = max(multiple, resolution // multiple * multiple)
     examples = []

@@ -206,7 +206,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         started = time.monotonic()
         micro = step * config.grad_accum
         plan_epoch, plan = -1, []
-        options = {"guidance_scale": config.guidance_scale, "timestep_sampling": config.timestep_sampling}
+        options = {"guidance_scale": config.guidance_scale, "noise_offset": config.noise_offset,
+                   "timestep_sampling": config.timestep_sampling}
         objective = Objective(family, pipe, options, loss=config.loss, huber_delta=config.huber_delta,
                               min_snr_gamma=config.min_snr_gamma, flow_loss_weighting=config.flow_loss_weighting)
         models = list(trained.values())

@@ -16,6 +16,7 @@ from loramill import __version__
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
 from loramill.adapters.store import JobStore
+from loramill.gateway.api.docs import mount_docs
 from loramill.gateway.api.errors import install_error_handlers
 from loramill.gateway.api.limits import BodyLimitMiddleware
 from loramill.gateway.api.metrics import MetricsMiddleware
@@ -30,12 +31,13 @@ Every request needs an API key (`loramill keys create --user NAME`), sent as `Au
 Jobs are created with `POST /v1/trainings`, `POST /v1/generations` or, with your own id, `PUT /v1/jobs/{id}`;
 each answers `202` with a `Location` to poll, and `/v1/jobs/{id}/events` streams its progress.
 Errors always look like `{"error": {"code": "...", "message": "..."}}`.
+This page is `/docs`; the OpenAPI document itself is `/openapi.json` (for client generators).
 """
 
 
 def create_app(settings: GatewaySettings, store: JobStore, storage: Storage, broker: Broker) -> FastAPI:
     """The API and web page over the given store, storage and broker."""
-    app = FastAPI(title="loramill", version=__version__, description=DESCRIPTION,
+    app = FastAPI(title="loramill", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None,
                   openapi_tags=[{"name": "jobs", "description": "trainings and generations"},
                                 {"name": "loras", "description": "the LoRA registry"},
                                 {"name": "files", "description": "images and LoRA files"},
@@ -44,6 +46,7 @@ def create_app(settings: GatewaySettings, store: JobStore, storage: Storage, bro
     app.state.settings = settings
     app.state.gateway = Gateway(settings, store, storage, broker)
     install_error_handlers(app)
+    mount_docs(app)
     for router in (trainings.router, generations.router, jobs.router, loras.router, files.router, me.router,
                    health.router):
         app.include_router(router)

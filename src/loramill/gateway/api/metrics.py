@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loramill import metrics as shared
 from loramill.errors import LoramillError
+from loramill.jobs.status import JobKind
 
 REQUESTS = Counter("loramill_http_requests_total", "HTTP requests answered, by method, route and status.",
                    ["method", "route", "status"], registry=shared.REGISTRY)
@@ -30,7 +31,7 @@ QUEUED = Gauge("loramill_jobs_queued", "Jobs in the job store waiting for a work
 
 def render(store: Any) -> tuple[bytes, str]:
     """The page, with the queue gauge read from the store at scrape time."""
-    for kind in ("train", "generate"):
+    for kind in JobKind:
         try:
             QUEUED.labels(kind=kind).set(store.count_queued(kind))
         except LoramillError:

@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 from loramill.jobs.contracts import GenerationJob, TrainingConfig
 from loramill.jobs.status import JobStatus
 
-JobKind = Literal["training", "generation"]
+PublicKind = Literal["training", "generation"]  # JobKind.public of each kind
 
 
 class _Schema(BaseModel):
@@ -135,7 +135,7 @@ class JobPublic(_Schema):
                       "cancel": "/v1/jobs/7d1e0c7a-2f4b-4a8e-b3c1-1f2e3d4c5b6a/cancel"}}]})
 
     id: str
-    kind: JobKind
+    kind: PublicKind
     status: JobStatus
     user_id: str
     created_at: datetime | None = None

@@ -12,23 +12,21 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage, validate_key
 from loramill.adapters.store import JobRecord, JobStore, LoraRecord, Page
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
 from loramill.gateway.api import metrics
+from loramill.gateway.api.quotas import RateLimiter
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, TrainingJob, parse_job
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import JobKind, JobStatus
 
 logger = logging.getLogger("loramill.gateway")
 
-# API names of job kinds <-> the store's (the contracts' ``kind``)
-KINDS = {"training": TrainingJob.kind, "generation": GenerationJob.kind}
-API_KIND: dict[str, Literal["training", "generation"]] = {"train": "training", "generate": "generation"}
 # a fixed namespace so the same user + Idempotency-Key always names the same task
 _IDEMPOTENCY_NS = uuid.UUID("6b1f3c1e-0d57-4b8e-9d0c-6c7e2f1a9b44")
 
@@ -49,6 +47,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, store: JobStore, storage: Storage, broker: Broker) -> None:
         self.settings, self.store, self.storage, self.broker = settings, store, storage, broker
+        self.rate = RateLimiter(settings.user_rate_limit, settings.user_rate_burst)
 
     # ---- creating jobs -----------------------------------------------------------------------------
 
@@ -67,7 +66,7 @@ class Gateway:
         """Store the uploads under the user's prefix and queue a training job; ``(job, created)``."""
         # 1. A repeat of an accepted request is not held to the queue limit
         if self._existing(who, task_id) is None:
-            self.check_capacity()
+            self.check_capacity(who)
         # 2. Keys the caller gave must be theirs and exist
         keys = [self._own_key(who, key, f"imageKeys[{i}]") for i, key in enumerate(image_keys)]
         for i, key in enumerate(keys):
@@ -88,7 +87,7 @@ class Gateway:
                           idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
         """Queue a generation job after checking its prompt length and that every LoRA is usable."""
         if self._existing(who, task_id) is None:
-            self.check_capacity()
+            self.check_capacity(who)
         for name in ("prompt", "negativePrompt"):
             text = request.get(name) or ""
             if len(text) > self.settings.max_prompt_chars:
@@ -113,8 +112,22 @@ class Gateway:
                                         priority=int(request.get("priority") or 0))
         return self.submit_generation(who, task_id, request)
 
-    def check_capacity(self) -> None:
-        """``Overloaded`` (429 + Retry-After) when the queue holds ``LORAMILL_QUEUE_LIMIT`` jobs or more."""
+    def check_capacity(self, who: Principal | None = None) -> None:
+        """``Overloaded`` (429 + Retry-After) when the caller submits too fast (``LORAMILL_USER_RATE_LIMIT``),
+        has ``LORAMILL_USER_QUEUE_LIMIT`` jobs waiting, or the queue holds ``LORAMILL_QUEUE_LIMIT`` jobs."""
+        # 1. This user's share first: their flood is refused before it can fill the queue everyone shares
+        if who is not None:
+            wait = self.rate.take(who.user_id)
+            if wait > 0:
+                self._refuse(f"more than {self.settings.user_rate_limit:g} jobs per second from one key "
+                             f"(LORAMILL_USER_RATE_LIMIT, bursts of {self.settings.user_rate_burst}: "
+                             f"LORAMILL_USER_RATE_BURST); retry in {wait:.1f} s", "rate_limited", max(1, round(wait)))
+            mine = self.store.count_queued(user_id=who.user_id)
+            if mine >= self.settings.user_queue_limit:
+                self._refuse(f"you have {mine} jobs waiting; the limit per user is {self.settings.user_queue_limit} "
+                             "(LORAMILL_USER_QUEUE_LIMIT); submit more as they start", "user_queue_full",
+                             self.settings.retry_after_seconds)
+        # 2. The queue everyone shares
         queued = self.store.count_queued()
         if queued >= self.settings.queue_limit:
             error = Overloaded(f"{queued} jobs are waiting; the limit is {self.settings.queue_limit} "
@@ -123,6 +136,12 @@ class Gateway:
             error.retry_after = self.settings.retry_after_seconds  # type: ignore[attr-defined]
             metrics.REJECTED.inc()
             raise error
+
+    def _refuse(self, message: str, code: str, retry_after: int) -> None:
+        error = Overloaded(message, code=code)
+        error.retry_after = retry_after  # type: ignore[attr-defined]
+        metrics.REJECTED.inc()
+        raise error
 
     def _existing(self, who: Principal, task_id: str) -> JobRecord | None:
         job = self.store.get_job(task_id)
@@ -167,7 +186,7 @@ class Gateway:
     def jobs(self, who: Principal, *, kind: str | None, status: str | None, cursor: str | None,
              limit: int) -> Page[JobRecord]:
         """The caller's jobs newest first (everyone's for an admin), one page at a time."""
-        return self.store.list_jobs(None if who.is_admin else who.user_id, kind=KINDS[kind] if kind else None,
+        return self.store.list_jobs(None if who.is_admin else who.user_id, kind=JobKind.from_public(kind) if kind else None,
                                     status=status, cursor=cursor, limit=limit)
 
     def cancel(self, who: Principal, job_id: str) -> JobRecord:

@@ -15,7 +15,7 @@ from loramill.gateway.api.schemas import (
     LoraPublic,
     ProgressPublic,
 )
-from loramill.gateway.api.service import API_KIND
+from loramill.jobs.status import JobKind
 
 
 def file_public(key: str) -> FilePublic:
@@ -46,7 +46,7 @@ def job_public(job: JobRecord) -> JobPublic:
     error = ErrorPublic(code=str(job.error.get("code", "failed")), message=str(job.error.get("message", "")),
                         field=job.error.get("field")) if job.error else None
     base = f"/v1/jobs/{quote(job.id)}"
-    return JobPublic(id=job.id, kind=API_KIND.get(job.kind, "generation"), status=job.status, user_id=job.user_id,
+    return JobPublic(id=job.id, kind=JobKind(job.kind).public, status=job.status, user_id=job.user_id,
                      created_at=job.created_at, updated_at=job.updated_at, progress=progress,
                      cancel_requested=job.cancel_requested, request=job.payload, result=result, error=error,
                      links=JobLinks(self=base, events=f"{base}/events", cancel=f"{base}/cancel"))

@@ -22,6 +22,7 @@ from loramill.errors import LoramillError, Overloaded, TransientError
 from loramill.gateway.bot import jobs
 from loramill.gateway.bot.albums import AlbumCollector, PhotoSet
 from loramill.gateway.bot.jobs import BotServices, Queued
+from loramill.jobs.status import JobKind
 from loramill.logs import redact
 
 logger = logging.getLogger("loramill.bot")
@@ -160,7 +161,7 @@ async def on_status(message: Message, svc: BotServices) -> None:
         return
     lines = []
     for job in recent:
-        what = "avatar training" if job.kind == "train" else "picture"
+        what = "avatar training" if job.kind == JobKind.TRAIN else "picture"
         progress = job.progress or {}
         step = f" {progress['step']}/{progress['totalSteps']}" if {"step", "totalSteps"} <= set(progress) else ""
         lines.append(f"{job.id}: {what}, {job.status}{step}")

@@ -31,7 +31,7 @@ from loramill.adapters.store import JobRecord
 from loramill.errors import Overloaded, TransientError
 from loramill.gateway.bot.deliveries import Pending
 from loramill.gateway.bot.jobs import BotServices
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import JobKind, JobStatus
 from loramill.logs import redact
 
 logger = logging.getLogger("loramill.bot.results")
@@ -125,11 +125,11 @@ class ResultLoop:
             return  # the person asked for it; /cancel already said so
         if status is JobStatus.FAILED:
             error = job.error or {}
-            what = "avatar training" if job.kind == "train" else "picture"
+            what = "avatar training" if job.kind == JobKind.TRAIN else "picture"
             await self.bot.send_message(chat_id, f"Your {what} failed: {error.get('message') or 'unknown error'} "
                                                  f"(job {job.id})")
             return
-        if job.kind == "train":
+        if job.kind == JobKind.TRAIN:
             await self.bot.send_message(chat_id, "Your avatar is ready. Send /avatar followed by a description, "
                                                  "e.g. /avatar portrait in a space suit")
             return

@@ -10,17 +10,18 @@ from collections.abc import Callable
 
 from loramill.jobs.contracts import JobEvent
 from loramill.jobs.handlers.context import JobContext
+from loramill.jobs.status import JobKind
 
 Handler = Callable[[JobContext], JobEvent]
 
 
 def handler_for(kind: str) -> Handler:
     """The handler of job ``kind`` (``train`` or ``generate``); heavy imports happen on first use."""
-    if kind == "train":
+    if kind == JobKind.TRAIN:
         from loramill.jobs.handlers.train import handle_training
 
         return handle_training
-    if kind == "generate":
+    if kind == JobKind.GENERATE:
         from loramill.jobs.handlers.generate import handle_generation
 
         return handle_generation

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -34,8 +35,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STOP_CANCEL = "cancel"
-STOP_SHUTDOWN = "shutdown"
+
+
+class StopReason(StrEnum):
+    """Why a running job was asked to stop."""
+
+    CANCEL = "cancel"  # its owner canceled it
+    SHUTDOWN = "shutdown"  # the worker is stopping (SIGTERM): the job goes back to the queue
 
 
 @dataclass
@@ -54,7 +60,7 @@ class JobContext:
     jobs_ahead: Callable[[], int] = lambda: 0  # jobs waiting behind this one, where the broker can tell
     batcher: GenerationBatcher | None = None  # shares denoising runs with the worker's other generation jobs
     queued_at: datetime | None = None  # when the job store first saw the job (the quality policy counts the wait)
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     info: dict[str, object] = field(default_factory=dict)  # facts for the store and logs (resumed step…)
     _last_report: float | None = None  # None: the first report goes out at once
     _last_cancel_check: float | None = None  # None: the first report already looks
@@ -101,7 +107,7 @@ class JobContext:
         """Raise ``StopRequested`` if the job must stop; ``stop_reason`` says why."""
         now = time.monotonic() if now is None else now
         if self.shutdown.is_set():
-            self.stop_reason = STOP_SHUTDOWN
+            self.stop_reason = StopReason.SHUTDOWN
             raise StopRequested("worker is shutting down")
         if self._last_cancel_check is None or now - self._last_cancel_check >= self.settings.cancel_check_interval:
             self._last_cancel_check = now
@@ -111,5 +117,5 @@ class JobContext:
                 log.warning("could not check for cancellation: %s", exc.message)
                 canceled = False
             if canceled:
-                self.stop_reason = STOP_CANCEL
+                self.stop_reason = StopReason.CANCEL
                 raise StopRequested("canceled by its owner")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -11,7 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from loramill.gateway.api.deps import GatewayDep, PrincipalDep
 from loramill.gateway.api.events import parse_last_event_id, stream_job_events
-from loramill.gateway.api.schemas import ErrorBody, GenerationCreate, JobPage, JobPublic, TrainingCreate
+from loramill.gateway.api.schemas import (
+    ErrorBody,
+    GenerationCreate,
+    JobPage,
+    JobPublic,
+    PublicKind,
+    TrainingCreate,
+)
 from loramill.gateway.api.views import job_public
 from loramill.jobs.status import JobStatus
 
@@ -60,7 +67,7 @@ def put_job(job_id: str, body: Annotated[TrainingCreate | GenerationCreate, Body
 
 @router.get("", response_model=JobPage, responses=ERRORS)
 def list_jobs(gateway: GatewayDep, who: PrincipalDep,
-              kind: Literal["training", "generation"] | None = None, status: JobStatus | None = None,
+              kind: PublicKind | None = None, status: JobStatus | None = None,
               cursor: Annotated[str | None, Query(max_length=512)] = None,
               limit: Annotated[int | None, Query(ge=1, le=200)] = None) -> JobPage:
     """Your jobs, newest first; follow ``nextCursor`` for older ones."""

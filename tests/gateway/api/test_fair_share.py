@@ -1,0 +1,48 @@
+"""One user's flood must not lock the others out: per-key rate limit and per-user waiting-jobs quota."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.api.conftest import Api, make_api
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Api]:
+    made = make_api(tmp_path, queue_limit=20, user_queue_limit=5, user_rate_limit=1000, user_rate_burst=1000)
+    with made.client:
+        yield made
+    made.broker.close()
+    made.store.close()
+
+
+def test_flood_from_one_user_leaves_others_able_to_submit(shared: Api) -> None:
+    answers = [shared.client.post("/v1/generations", json={"prompt": f"flood {i}"}, headers=shared.auth("alice"))
+               for i in range(30)]
+
+    assert [a.status_code for a in answers].count(202) == 5  # her share, not the whole queue
+    refused = answers[-1].json()["error"]
+    assert answers[-1].status_code == 429 and refused["code"] == "user_queue_full"
+    assert "LORAMILL_USER_QUEUE_LIMIT" in refused["message"] and answers[-1].headers["Retry-After"]
+    bob = shared.client.post("/v1/generations", json={"prompt": "mine"}, headers=shared.auth("bob"))
+    assert bob.status_code == 202
+    assert shared.store.count_queued(user_id="alice") == 5 and shared.store.count_queued() == 6
+
+
+def test_refuse_submissions_above_rate_with_retry_after(tmp_path: Path) -> None:
+    api = make_api(tmp_path, user_rate_limit=0.5, user_rate_burst=3)
+    with api.client:
+        answers = [api.client.post("/v1/generations", json={"prompt": f"p {i}"}, headers=api.auth("alice"))
+                   for i in range(4)]
+        bob = api.client.post("/v1/generations", json={"prompt": "mine"}, headers=api.auth("bob"))
+    api.broker.close()
+    api.store.close()
+
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
+    assert answers[-1].json()["error"]["code"] == "rate_limited"
+    assert "LORAMILL_USER_RATE_LIMIT" in answers[-1].json()["error"]["message"]
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 2
+    assert bob.status_code == 202
