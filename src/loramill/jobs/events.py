@@ -23,7 +23,7 @@ from loramill.adapters.store import JobRecord, JobStore
 from loramill.errors import Conflict, LoramillError, TransientError
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, Progress, TrainingJob
 from loramill.jobs.retry import RetryPolicy, retrying
-from loramill.jobs.status import JobStatus
+from loramill.jobs.status import AttemptStart, JobStatus
 from loramill.logs import redact
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,11 @@ class JobRecorder:
 
     # -- claiming --------------------------------------------------------------------------------
 
-    def claim_and_start(self, job: Job, stale_after: float) -> tuple[JobRecord, str]:
+    def claim_and_start(self, job: Job, stale_after: float) -> tuple[JobRecord, AttemptStart]:
         """Claim the job and start an attempt, in one store transaction (``JobStore.claim_job``).
 
-        Returns the job's record as it was and ``"started"`` (the client is told), ``"busy"`` (a live
-        worker is running this job: a duplicate copy) or ``"finished"`` (already terminal). The record
+        Returns the job's record as it was and ``STARTED`` (the client is told), ``BUSY`` (a live
+        worker is running this job: a duplicate copy) or ``FINISHED`` (already terminal). The record
         is created ``queued`` if the gateway did not create it; ``Conflict`` if the taskId belongs to
         another user's job or another kind of job.
         """
@@ -66,20 +66,20 @@ class JobRecorder:
         record, result = self.io("store.claim_job", lambda: self.store.claim_job(
             job.task_id, job.user_id, job.kind, job.to_payload(), priority=job.priority, stale_after=stale_after,
             event=event.to_dict()))
-        if result == "started":
+        if result is AttemptStart.STARTED:
             self.publish(event)
         return record, result
 
-    def start(self, job: Job, stale_after: float) -> str:
-        """Start an attempt and tell the client: ``"started"``, ``"busy"`` (a live worker is running this
-        job: a duplicate copy) or ``"finished"`` (already terminal). A ``processing`` job whose heartbeat
+    def start(self, job: Job, stale_after: float) -> AttemptStart:
+        """Start an attempt and tell the client: ``STARTED``, ``BUSY`` (a live worker is running this
+        job: a duplicate copy) or ``FINISHED`` (already terminal). A ``processing`` job whose heartbeat
         is older than ``stale_after`` seconds belongs to a dead worker and is taken over."""
         event = JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.PROCESSING)
         result = self.io("store.start_attempt", lambda: self.store.start_attempt(
             job.task_id, stale_after=stale_after, event=event.to_dict()))
-        if result == "started":
+        if result is AttemptStart.STARTED:
             self.publish(event)
-        return str(result)
+        return result
 
     def heartbeat(self, task_id: str) -> None:
         """Tell other workers this job's worker is alive; a failure only skips one beat."""

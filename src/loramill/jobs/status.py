@@ -29,6 +29,14 @@ class JobKind(StrEnum):
         return next(kind for kind in cls if kind.public == word)
 
 
+class AttemptStart(StrEnum):
+    """What became of a worker's try to start an attempt at a job (the store's answer)."""
+
+    STARTED = "started"  # the job is processing under this worker now
+    BUSY = "busy"  # a live worker is running it: this is a duplicate copy
+    FINISHED = "finished"  # already terminal: only its outcome is published again
+
+
 class JobStatus(StrEnum):
     """Where a job is in its life. The values are the wire strings of the ``status`` field."""
 

@@ -37,7 +37,7 @@ from loramill.jobs.handlers import checkpoints, handler_for
 from loramill.jobs.handlers.context import JobContext, StopReason
 from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
-from loramill.jobs.status import JobKind, JobStatus
+from loramill.jobs.status import AttemptStart, JobKind, JobStatus
 from loramill.jobs.tsuki import TsukiSettings, is_tsuki, load_tsuki_settings, translate
 from loramill.logs import task_context
 
@@ -199,11 +199,11 @@ class Worker:
                     record, started_as = self.recorder.claim_and_start(job, self.settings.job_stale_seconds)
                 except Conflict as exc:
                     return self._dead_letter(delivery, exc)
-                if started_as == "busy":
+                if started_as is AttemptStart.BUSY:
                     started_as = self._await_other_run(job)
-                if started_as == "finished":
+                if started_as is AttemptStart.FINISHED:
                     return self._republish(delivery, job.kind, job.task_id)
-                if started_as == "busy":
+                if started_as is AttemptStart.BUSY:
                     log.info("job is still running on another worker; handing this copy back")
                     self._give_back(delivery)
                     return Outcome.SKIPPED
@@ -270,7 +270,7 @@ class Worker:
                                   f"for task {job.task_id}")
             return Outcome.FAILED, self.recorder.failed(job, error)
 
-    def _await_other_run(self, job: Job) -> str:
+    def _await_other_run(self, job: Job) -> AttemptStart:
         """A copy of a job that a live worker is running (a producer's retry, a rebalance, a redelivery
         after a crash): hold it and watch the store. If that run ends, this copy only republishes its
         outcome; if its heartbeat stops (the worker died), this worker takes the job over. Holding the
@@ -280,9 +280,9 @@ class Worker:
         deadline = time.monotonic() + self.settings.job_stale_seconds + 2 * self.settings.job_heartbeat_seconds
         while not self.shutdown.wait(self.settings.job_heartbeat_seconds):
             started_as = self.recorder.start(job, stale_after=self.settings.job_stale_seconds)
-            if started_as != "busy" or time.monotonic() > deadline:
+            if started_as is not AttemptStart.BUSY or time.monotonic() > deadline:
                 return started_as
-        return "busy"
+        return AttemptStart.BUSY
 
     @contextmanager
     def _heartbeat(self, task_id: str) -> Iterator[None]:

@@ -21,7 +21,7 @@ from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import Job, JobEvent, utcnow
 from loramill.adapters.store.records import EventRecord, JobRecord, Page, to_record
 from loramill.errors import Conflict, InvalidInput, NotFound
-from loramill.jobs.status import JobStatus, sources_of
+from loramill.jobs.status import AttemptStart, JobStatus, sources_of
 
 jobs = cast(sa.Table, Job.__table__)
 events = cast(sa.Table, JobEvent.__table__)
@@ -84,10 +84,10 @@ class JobsMixin:
         return to_record(JobRecord, row) if row else None
 
     def claim_job(self, task_id: str, user_id: str, kind: str, payload: Mapping[str, Any], *, priority: int = 0,
-                  stale_after: float, event: Mapping[str, Any] | None = None) -> tuple[JobRecord, str]:
+                  stale_after: float, event: Mapping[str, Any] | None = None) -> tuple[JobRecord, AttemptStart]:
         """A worker's first write for a delivery, in one transaction: the job is created ``queued`` if the
         gateway did not create it, then an attempt starts as in ``start_attempt``. Returns the record as it
-        was before this attempt and ``"started"`` (``event`` appended), ``"busy"`` or ``"finished"``.
+        was before this attempt and ``STARTED`` (``event`` appended), ``BUSY`` or ``FINISHED`` (``AttemptStart``).
 
         Raises ``Conflict`` if ``task_id`` is another user's job or another kind of job. The same user and
         kind under the same id is the same job, even if the gateway stored the request in another normal form.
@@ -103,7 +103,7 @@ class JobsMixin:
                         raise Conflict(f"taskId {task_id!r} is already used by a different job; use a new taskId",
                                        field="taskId")
                     if record.status.terminal:
-                        return record, "finished"
+                        return record, AttemptStart.FINISHED
                     return record, self._start_in(conn, task_id, now, stale_after, event)
             except exc.IntegrityError:
                 # Created by someone else between our look and our insert (PostgreSQL; SQLite's BEGIN
@@ -158,29 +158,30 @@ class JobsMixin:
             return False
         raise Conflict(f"job {job_id!r} is {current}; it cannot become {new.value}")
 
-    def start_attempt(self, job_id: str, *, stale_after: float, event: Mapping[str, Any] | None = None) -> str:
+    def start_attempt(self, job_id: str, *, stale_after: float,
+                      event: Mapping[str, Any] | None = None) -> AttemptStart:
         """Move the job to ``processing`` for a new attempt, unless another worker is running it.
 
         A ``processing`` job is taken over only when its worker has not touched it (``touch``) for
         ``stale_after`` seconds: a copy of a job that is running elsewhere is not run twice, while a
-        dead worker's job is taken over once its heartbeat stops. Returns ``"started"`` (``event``
-        appended), ``"busy"`` (running elsewhere) or ``"finished"`` (already terminal).
+        dead worker's job is taken over once its heartbeat stops. Returns ``STARTED`` (``event``
+        appended), ``BUSY`` (running elsewhere) or ``FINISHED`` (already terminal).
         """
         with self.db.write() as conn:
             return self._start_in(conn, job_id, utcnow(), stale_after, event)
 
     def _start_in(self, conn: sa.Connection, job_id: str, now: datetime, stale_after: float,
-                  event: Mapping[str, Any] | None) -> str:
+                  event: Mapping[str, Any] | None) -> AttemptStart:
         """``start_attempt`` inside the caller's transaction."""
         values = {"job_id": job_id, "now": now, "stale_before": now - timedelta(seconds=stale_after)}
         if conn.execute(START_ATTEMPT, values).rowcount:
             if event is not None:
                 conn.execute(INSERT_EVENT, {"job_id": job_id, "created_at": now, "body": dict(event)})
-            return "started"
+            return AttemptStart.STARTED
         current = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
         if current is None:
             raise NotFound(f"no job {job_id!r}", field="taskId")
-        return "busy" if current == "processing" else "finished"
+        return AttemptStart.BUSY if current == JobStatus.PROCESSING else AttemptStart.FINISHED
 
     def touch(self, job_id: str) -> bool:
         """Heartbeat of a running job (see ``start_attempt``); ``False`` if it is not processing."""
