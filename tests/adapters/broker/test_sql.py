@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -351,3 +352,47 @@ def test_unconsumed_events_older_than_the_retention_are_swept(make_broker: MakeB
         assert conn.execute(sa.select(sa.func.count()).select_from(q).where(q.c.queue == "output")).scalar() == 1
     assert keep_all.sweep_events() == 0
     assert keep_all.consume_events(0.1) == [b'{"taskId": "x"}']
+
+
+def _waits_of(broker: SqlBroker, user: str, flood: int, asks: int) -> list[int]:
+    """``user`` asks ``asks`` times, one job at a time, while "alice" has ``flood`` jobs queued ahead of him;
+    each wait counted in deliveries until his job is delivered (1 = his was next). A worker takes each
+    delivery, starts it in the job store (as the worker's claim does) and finishes it."""
+    store = broker.store
+
+    def submit(task: str, user: str) -> None:
+        store.create_job(task, user, "generate", {"prompt": task})
+        broker.publish_job(json.dumps({"taskId": task, "userId": user, "prompt": task}).encode(), task_id=task)
+
+    def run_next() -> str:
+        delivery = broker.receive(5)
+        assert delivery is not None
+        task = json.loads(delivery.body)["taskId"]
+        store.start_attempt(task, stale_after=30)
+        store.transition(task, "completed")
+        broker.ack(delivery)
+        return task
+
+    for i in range(flood):
+        submit(f"alice-{flood}-{i}", "alice")
+    waits = []
+    for i in range(asks):
+        mine = f"{user}-{i}"
+        submit(mine, user)
+        taken = 1
+        while run_next() != mine:
+            taken += 1
+        waits.append(taken)
+    return waits
+
+
+def test_one_users_flood_leaves_another_users_wait_as_when_idle(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    idle = _waits_of(broker, "carol", flood=0, asks=10)
+    flooded = _waits_of(broker, "bob", flood=40, asks=10)
+
+    def p95(values: list[int]) -> int:
+        return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
+
+    assert p95(idle) == 1
+    assert p95(flooded) <= 2 * p95(idle)  # first come, first served: he would wait behind all 40

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from loramill.adapters.broker.base import Broker, Delivery
 from loramill.adapters.broker.sql_doorbell import CHANNEL, PgListener, doorbell_for
 from loramill.adapters.store import JobStore
-from loramill.adapters.store.models import QueueMessage, utcnow
+from loramill.adapters.store.models import Job, QueueMessage, utcnow
 from loramill.errors import LoramillError
 
 logger = logging.getLogger("loramill.broker.sql")
@@ -44,8 +44,23 @@ _now = sa.bindparam("now", type_=q.c.available_at.type)
 _message_id = sa.bindparam("message_id", type_=q.c.id.type)
 READY = sa.and_(q.c.queue == "input", q.c.available_at <= _now,
                 sa.or_(q.c.lease_expires_at.is_(None), q.c.lease_expires_at < _now))
-PICK = sa.select(q.c.id, q.c.deliveries).where(READY).order_by(q.c.priority.desc(), q.c.created_at, q.c.id).limit(1)
-PICK_LOCKED = PICK.with_for_update(skip_locked=True)
+# Fair share between users: among the oldest ready messages (of the highest priority), the one whose user
+# has started the fewest jobs lately goes first, so one user's flood cannot make everyone else wait behind
+# it; one user's own jobs keep their order. A message with no job row (a client that skipped the gateway)
+# counts as a user of its own. Only FAIR_CANDIDATES are weighed, so a claim costs the same with 10,000 queued.
+FAIR_CANDIDATES = 64
+FAIR_WINDOW = timedelta(minutes=10)
+_jobs = cast(sa.Table, Job.__table__)
+_started = _jobs.alias("started")
+_recent = (sa.select(sa.func.count()).select_from(_started)
+           .where(_started.c.user_id == _jobs.c.user_id, _started.c.started_at >= sa.bindparam("since", type_=_now.type))
+           .scalar_subquery())
+_candidates = (sa.select(q.c.id).where(READY).order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
+               .limit(FAIR_CANDIDATES))
+PICK = (sa.select(q.c.id, q.c.deliveries).select_from(q.outerjoin(_jobs, _jobs.c.id == q.c.task_id))
+        .where(q.c.id.in_(_candidates), READY)
+        .order_by(q.c.priority.desc(), sa.func.coalesce(_recent, 0), q.c.created_at, q.c.id).limit(1))
+PICK_LOCKED = PICK.with_for_update(skip_locked=True, of=q)
 TAKE = (q.update().where(q.c.id == _message_id, READY)
         .values(lease_owner=sa.bindparam("token"), lease_expires_at=sa.bindparam("expires", type_=_now.type),
                 deliveries=q.c.deliveries + 1)
@@ -166,7 +181,7 @@ class SqlBroker(Broker):
 
     def _claim(self) -> Delivery | None:
         now = utcnow()
-        at = {"now": now}
+        at = {"now": now, "since": now - FAIR_WINDOW}
         pick = PICK
         if self._db.dialect == "postgresql":
             pick = PICK_LOCKED
