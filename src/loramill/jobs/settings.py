@@ -78,6 +78,8 @@ class WorkerSettings(BaseSettings):
                                                                     "nor maxSteps")
     min_images: int = Field(3, ge=1, description="fewest usable images a training job may have")
     checkpoint_every: int = Field(200, ge=0, description="steps between checkpoints when a job names none")
+    clip_model: str | None = Field(None, description="CLIP model folder for training jobs that evaluate themselves "
+                                                     "(evalEverySteps): consistency and preservation")
     generation_target_seconds: float | None = Field(
         None, gt=0, description="latency a generation job should meet; when the queue would make it late, "
                                 "jobs get fewer steps, then smaller images (Prompt2Pic). Unset: always as asked")

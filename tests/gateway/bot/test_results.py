@@ -137,3 +137,23 @@ def test_result_with_missing_image_is_given_up(services: Services) -> None:
 
     asyncio.run(scenario())
 
+
+
+def test_avatar_note_shows_quality_when_the_training_evaluated_itself() -> None:
+    from datetime import UTC, datetime
+
+    from loramill.adapters.store import JobRecord
+    from loramill.gateway.bot.results import quality_note
+    from loramill.jobs.status import JobStatus
+
+    now = datetime.now(UTC)
+
+    def job(metrics: dict[str, Any]) -> JobRecord:
+        return JobRecord(id="t1", kind="train", user_id="u", status=JobStatus.COMPLETED, priority=0, payload={},
+                         attempts=1, progress=None, result={"metrics": metrics}, error=None, quality=None,
+                         cancel_requested=False, idempotency_key=None, created_at=now, updated_at=now,
+                         started_at=now, finished_at=now)
+
+    note = quality_note(job({"trainingTime": 30, "consistency": 0.8123, "preservation": 0.954}))
+    assert note == "\nQuality: likeness to your photos 0.81, other pictures kept as they were 0.95 (1.00 is perfect)."
+    assert quality_note(job({"trainingTime": 30, "finalLoss": 0.1})) == ""

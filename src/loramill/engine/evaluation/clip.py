@@ -47,8 +47,11 @@ class ClipEncoder:
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"--clip {source}: could not load it as a transformers CLIPModel ({exc})",
                                code="model_load_failed", field="clip") from exc
-        processor = (CLIPImageProcessor.from_pretrained(str(path))
-                     if (path / "preprocessor_config.json").is_file() else None)
+        processor = None
+        # CLIPImageProcessor.save_pretrained writes preprocessor_config.json; CLIPProcessor (newer
+        # transformers) may write processor_config.json holding the image processor's settings
+        if any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+            processor = CLIPImageProcessor.from_pretrained(str(path))
         tokenizer = None
         if any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
             tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -28,22 +28,27 @@ class RenderSettings:
 
 
 @torch.no_grad()
-def render(pipe: Any, family: FamilyModule, prompts: list[str], settings: RenderSettings) -> list[Image.Image]:
+def render(pipe: Any, family: FamilyModule, prompts: list[str], settings: RenderSettings,
+           batch: int = 32) -> list[Image.Image]:
     """One image per (prompt, seed), prompt-major: ``[p0 s0, p0 s1, …, p1 s0, …]``.
 
-    Torch's global RNG is left as it was, so evaluating inside a training run does not shift its draws.
+    Pairs are rendered ``batch`` at a time in one pipeline call (one generator per image, so an image
+    does not depend on its batch). Torch's global RNG is left as it was, so evaluating inside a
+    training run does not shift its draws.
     """
     side = settings.side // family.RESOLUTION_MULTIPLE * family.RESOLUTION_MULTIPLE
     guidance = family.DEFAULT_GUIDANCE if settings.guidance is None else settings.guidance
+    pairs = [(prompt, seed) for prompt in prompts for seed in settings.seeds]
     rng_state = torch.get_rng_state()
     _quiet(pipe)
     images: list[Image.Image] = []
     try:
-        for prompt in prompts:
-            generators = [torch.Generator().manual_seed(seed) for seed in settings.seeds]
-            kwargs = family.generation_kwargs(prompt=prompt, negative_prompt="", steps=settings.steps,
-                                              guidance=guidance, width=side, height=side,
-                                              num_images=len(generators), generator=generators)
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start:start + batch]
+            kwargs = family.generation_kwargs(prompt=[p for p, _ in chunk], negative_prompt="", steps=settings.steps,
+                                              guidance=guidance, width=side, height=side, num_images=1,
+                                              generator=[torch.Generator().manual_seed(s) for _, s in chunk],
+                                              pipe=pipe)
             images.extend(pipe(**kwargs).images)
     finally:
         torch.set_rng_state(rng_state)

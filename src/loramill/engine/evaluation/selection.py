@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loramill.errors import InvalidInput
+from loramill.engine.options import option_error
 
 # metric -> (higher is better, what it is)
 METRICS: dict[str, tuple[bool, str]] = {
@@ -34,8 +34,7 @@ _TARGET = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+]?(\d+\.?\d*|\.\d+)([eE
 def check_metric(name: str, option: str = "select_by") -> str:
     """``name`` if it is a known metric; otherwise an error that lists them."""
     if name not in METRICS:
-        raise InvalidInput(f"--{option.replace('_', '-')}: unknown metric {name!r}; choose one of: "
-                           f"{', '.join(METRICS)}", code="invalid_option", field=option)
+        raise option_error(option, f"unknown metric {name!r}; choose one of: {', '.join(METRICS)}")
     return name
 
 
@@ -69,7 +68,7 @@ def parse_target(text: str, option: str = "stop_at") -> Target:
     """``"clip>=0.8"`` → ``Target("clip", ">=", 0.8)``; a clear error naming the option otherwise."""
     match = _TARGET.match(text or "")
     if match is None:
-        raise InvalidInput(f"--{option.replace('_', '-')} {text!r}: write METRIC>=NUMBER (or <=, >, <), e.g. "
-                           "clip>=0.8 or loss_heldout<=0.05", code="invalid_option", field=option)
+        raise option_error(option, f"{text!r}: write METRIC>=NUMBER (or <=, >, <), e.g. clip>=0.8 or "
+                           "loss_heldout<=0.05")
     name = check_metric(match.group(1), option)
     return Target(name, match.group(2), float(match.group(3)))

@@ -15,6 +15,8 @@ from pydantic import AfterValidator
 
 from loramill.engine.dataset.captions import CAPTIONERS
 from loramill.engine.dataset.subjects import SUBJECTS
+from loramill.engine.evaluation.adherence import DOMAINS
+from loramill.engine.evaluation.selection import METRICS, parse_target
 from loramill.engine.families import FAMILIES
 from loramill.engine.lora.layouts import LORA_FORMATS
 from loramill.engine.options import Prompt, Spec, WireCap, option, option_error, text_check
@@ -28,6 +30,18 @@ from loramill.errors import InvalidInput
 PREPARE_MODES = ("auto", "never")
 PRESERVE_TEACHERS = ("auto", "base", "init_lora")
 _SHARED_GPU = "a queue worker is one shared GPU: this bounds how long one job may hold it"
+
+
+def _stop_target(value: str) -> str:
+    from pydantic_core import PydanticCustomError
+
+    try:
+        return str(parse_target(value))
+    except InvalidInput as exc:
+        raise PydanticCustomError("stop_target", "{message}", {"message": exc.message.split(": ", 1)[-1]}) from None
+
+
+StopTarget = Annotated[str, AfterValidator(_stop_target)]
 
 
 def _one_token(value: str) -> str:
@@ -159,6 +173,25 @@ class TrainConfig(Spec):
                                     help="share of samples trained on the empty prompt")
     lora_plus_ratio: float = option(1.0, ge=1, le=256, wire="loraPlusRatio",
                                     help="LoRA+: the B matrices' learning rate over A's (1: off; the paper: 16)")
+    # evaluation during training (engine/evaluation): metrics.jsonl, samples/, the best weights, a stop target
+    eval_every: int = option(0, ge=0, le=10_000_000, wire="evalEverySteps",
+                             help="measure fidelity, preservation and denoising loss every N steps and at the end "
+                             "(0: never); with 10 or more images a tenth is held out for the loss")
+    eval_steps: int = option(20, ge=1, le=200, help="sampler steps of an evaluation render")
+    eval_seeds: int = option(2, ge=1, le=16, help="renders per evaluation prompt (seeds 0..N-1)")
+    eval_prompts: list[Prompt] = option([], max_length=16, cli="--eval-prompt",
+                                        help="a prompt without the trigger, for preservation (repeatable; default: "
+                                        "a few general ones)")
+    clip_model: str | None = option(None, help="CLIP model folder (transformers CLIPModel) for CLIP fidelity "
+                                    "(consistency) and preservation")
+    eval_domain: str | None = option(None, choices=DOMAINS, help="a domain with a scorer: shapes (the reference "
+                                     "world) adds classifier fidelity and preservation")
+    select_by: str | None = option(None, choices=METRICS, wire="selectBy",
+                                   help="export the evaluation with the best value of this metric, not the last "
+                                   "weights (needs eval_every)")
+    stop_at: StopTarget | None = option(None, wire="stopAt",
+                                        help="stop once an evaluation reaches METRIC>=VALUE, e.g. clip>=0.8 "
+                                        "(needs eval_every)")
 
     def model_post_init(self, context: Any) -> None:
         if self.alpha is None:

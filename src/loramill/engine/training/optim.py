@@ -36,7 +36,8 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy,
 }
 # diffusers' schedule names that make_scheduler passes on
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+# reduce_on_plateau (plateau.py) moves only when evaluation reports, or, without evaluation, on the mean loss
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear", "reduce_on_plateau")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -82,6 +83,10 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: in
     """A per-optimizer-step schedule (diffusers' implementations, the ones its training examples use)."""
     from diffusers.optimization import get_scheduler
 
+    if name == "reduce_on_plateau":
+        from loramill.engine.training.plateau import PlateauSchedule
+
+        return PlateauSchedule(optimizer, warmup_steps=warmup_steps)
     if name == "constant" and warmup_steps > 0:
         name = "constant_with_warmup"
     return get_scheduler(name, optimizer=optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from loramill import __version__
+from loramill.engine.evaluation.loss import holdout_split
+from loramill.engine.evaluation.monitor import training_evaluation
 from loramill.engine.families import detect_family, get_family
 from loramill.engine.lora.files import write_lora
 from loramill.engine.lora.formats import check_layout, to_layout
@@ -104,6 +106,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     for trigger, folder in concept_folders(config.concepts):
         examples += load_examples(folder, trigger=trigger, resolution=config.resolution,
                                   multiple=family.RESOLUTION_MULTIPLE)
+    # evaluation measures loss on a held-out tenth when there are enough images (engine/evaluation)
+    examples, held_out = holdout_split(examples, config.seed) if config.eval_every else (examples, [])
     buckets = buckets_of(examples)
     per_epoch = batches_per_epoch(buckets, config.batch_size)
     total_steps = config.max_steps or (config.epochs or 1) * max(1, math.ceil(per_epoch / config.grad_accum))
@@ -181,9 +185,13 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             torch.set_rng_state(state.torch_rng)
             step, losses, elapsed_before = state.step, state.losses, state.elapsed
         metrics_file = _open_metrics(run_dir / "metrics.jsonl", keep_until=step)
+        monitor = training_evaluation(config, family, pipe, examples, held_out, run_dir, step)
+
+        def lora_weights() -> dict[str, torch.Tensor]:
+            return {f"{n}.{k}": v for n, m in trained.items() for k, v in adapters.lora_state(m).items()}
 
         def checkpoint() -> Path:
-            weights = {f"{n}.{k}": v for n, m in trained.items() for k, v in adapters.lora_state(m).items()}
+            weights = lora_weights()
             if ema is not None:
                 weights.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
             path = save_checkpoint(checkpoints, TrainingState(
@@ -255,6 +263,10 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             metrics_file.flush()
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
                 checkpoint()
+            if monitor is not None and monitor.after_step(step, total_steps, lora_weights, metrics_file, scheduler):
+                break  # the --stop-at target is reached
+            if monitor is None and hasattr(scheduler, "observe_loss"):
+                scheduler.observe_loss(step_loss)  # reduce_on_plateau without evaluation watches the loss
             if config.validation_every and step % config.validation_every == 0 and config.validation_prompts:
                 _validate(family, pipe, config, step, run_dir, trained)
             try:
@@ -267,7 +279,9 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
 
         # 9. Export the LoRA in the chosen layout, with metadata, and the run's metrics.
         with ema.applied() if ema is not None and config.ema_export == "ema" else nullcontext():
-            layers = {name: adapters.lora_state(module) for name, module in trained.items()}
+            # the best evaluation's weights when --select-by chose one (evaluated as trained, not averaged)
+            layers = (monitor.best_layers() if monitor is not None else None) or {
+                name: adapters.lora_state(module) for name, module in trained.items()}
         training_time = elapsed_before + time.monotonic() - started
         final_loss = sum(losses[-10:]) / max(1, len(losses[-10:]))
         metrics = {"trainingTime": round(training_time, 3), "finalLoss": final_loss, "steps": step,
@@ -277,6 +291,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         if layout_notes:
             metrics["layoutWarnings"] = layout_notes
         out = write_lora(config.out, tensors, lora_metadata(config, family_name, step, data_hash))
+        if monitor is not None:
+            metrics.update(monitor.summary())
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return TrainResult(lora_path=out, metrics=metrics, checkpoint_dir=checkpoints)
     finally:
@@ -303,7 +319,9 @@ def run_fingerprint(config: TrainConfig, family: str, data_hash: str) -> str:
     # Options left at their defaults are left out, so adding an option does not orphan older checkpoints.
     keys = config.model_dump(exclude_defaults=True)
     for volatile in ("out", "work_dir", "resume", "epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
-                     "validation_prompts", "validation_every", "validation_steps", "format", "images"):
+                     "validation_prompts", "validation_every", "validation_steps", "format", "images",
+                     # what evaluation measures and when it stops; eval_every stays (it holds images out)
+                     "eval_steps", "eval_seeds", "eval_prompts", "clip_model", "eval_domain", "select_by", "stop_at"):
         keys.pop(volatile, None)
     if config.init_lora and Path(config.init_lora).is_file():
         # The LoRA continued from counts by content: a worker downloads it to a new path each attempt.

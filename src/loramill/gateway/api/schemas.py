@@ -165,6 +165,9 @@ class LoraPublic(_Schema):
     model_path: str
     file: FilePublic | None = None
     created_at: datetime | None = None
+    # what the training measured (trainingTime, finalLoss, …; with evaluation: consistency, preservation,
+    # evaluations per step and the sample grids' storage keys in samples)
+    metrics: dict[str, Any] | None = None
 
 
 class LoraPage(_Schema):

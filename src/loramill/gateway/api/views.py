@@ -56,4 +56,4 @@ def lora_public(lora: LoraRecord) -> LoraPublic:
     """A LoRA in the registry as the API shows it."""
     return LoraPublic(id=lora.id, user_id=lora.user_id, name=lora.name, trigger_word=lora.trigger_word,
                       base_model=lora.base_model or lora.family, public=lora.public, model_path=lora.storage_key,
-                      file=file_public(lora.storage_key), created_at=lora.created_at)
+                      file=file_public(lora.storage_key), created_at=lora.created_at, metrics=lora.metrics)

@@ -131,7 +131,7 @@ class ResultLoop:
             return
         if job.kind == JobKind.TRAIN:
             await self.bot.send_message(chat_id, "Your avatar is ready. Send /avatar followed by a description, "
-                                                 "e.g. /avatar portrait in a space suit")
+                                                 "e.g. /avatar portrait in a space suit" + quality_note(job))
             return
         prompt = str(job.payload.get("prompt", ""))
         keys = await asyncio.to_thread(self._image_keys, job)
@@ -151,3 +151,15 @@ class ResultLoop:
             return [str(k) for k in keys]
         prefix = f"users/{job.user_id}/generations/{job.id}/"
         return sorted(self.svc.storage.list(prefix))
+
+
+def quality_note(job: JobRecord) -> str:
+    """A line on how well the avatar learned, when the training evaluated itself; empty otherwise."""
+    metrics: dict[str, Any] = (job.result or {}).get("metrics") or {}
+    parts = []
+    if isinstance(metrics.get("consistency"), (int, float)):
+        parts.append(f"likeness to your photos {metrics['consistency']:.2f}")
+    if isinstance(metrics.get("preservation"), (int, float)):
+        parts.append(f"other pictures kept as they were {metrics['preservation']:.2f}")
+    # both are similarities from 0 to 1 (CLIP, engine/evaluation); 1 is a perfect score
+    return f"\nQuality: {', '.join(parts)} (1.00 is perfect)." if parts else ""

@@ -32,6 +32,7 @@ from loramill.jobs.wire import engine_to_wire, to_engine
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_KEPT = 2  # in storage, per job: the newest survives a crash during the next upload
+QUALITY_METRICS = ("consistency", "preservation")  # added to the result event when the run evaluated itself
 
 
 def model_key(user_id: str, task_id: str) -> str:
@@ -102,7 +103,8 @@ def handle_training(ctx: JobContext) -> JobEvent:
     key = model_key(job.user_id, job.task_id)
     with ctx.stage("upload"):
         ctx.io("storage.put_file", lambda: ctx.storage.put_file(key, result.lora_path, "application/octet-stream"))
-    full_metrics = {**result.metrics, **ctx.info}
+    samples = upload_samples(ctx, job.user_id, job.task_id, run_dir)
+    full_metrics = {**result.metrics, **ctx.info, **({"samples": samples} if samples else {})}
     ctx.io("store.create_lora", lambda: ctx.store.create_lora(
         user_id=job.user_id, task_id=job.task_id, family=family, storage_key=key, base_model=model.name,
         trigger_word=config.trigger, metrics=full_metrics))
@@ -111,9 +113,23 @@ def handle_training(ctx: JobContext) -> JobEvent:
              extra={"model_path": key, "steps": result.metrics.get("steps")})
 
     # 7. Selfix's result: whole seconds (its example and its .NET reader use an integer) and the loss
+    # (plus consistency and preservation when the run evaluated itself: engine/evaluation)
+    quality = {k: result.metrics[k] for k in QUALITY_METRICS if result.metrics.get(k) is not None}
     return JobEvent(task_id=job.task_id, user_id=job.user_id, status=JobStatus.COMPLETED, model_path=key,
                     metrics=Metrics(training_time=int(round(result.metrics["trainingTime"])),
-                                    final_loss=result.metrics.get("finalLoss")))
+                                    final_loss=result.metrics.get("finalLoss"), **quality))
+
+
+def upload_samples(ctx: JobContext, user_id: str, task_id: str, run_dir: Path) -> list[str]:
+    """Store the run's evaluation grids (``samples/*.png``) beside its LoRA; their keys, oldest first."""
+    def put(key: str, path: Path) -> None:
+        ctx.io("storage.put_file", lambda: ctx.storage.put_file(key, path, "image/png"))
+
+    keys = []
+    for path in sorted((run_dir / "samples").glob("*.png")):
+        keys.append(f"users/{user_id}/models/{task_id}.samples/{path.name}")
+        put(keys[-1], path)
+    return keys
 
 
 def checkpoint_fits(config: TrainConfig, family: str, folder: Path) -> bool:
@@ -141,7 +157,8 @@ def worker_defaults(settings: WorkerSettings, family: str) -> dict[str, Any]:
     """The worker's defaults for options a job leaves out (the engine's apply to everything else)."""
     return {"trigger": settings.default_trigger, "captioner": settings.default_captioner,
             "resolution": settings.default_resolution or get_family(family).DEFAULT_SIZE,
-            "checkpoint_every": settings.checkpoint_every}
+            "checkpoint_every": settings.checkpoint_every,
+            **({"clip_model": settings.clip_model} if settings.clip_model else {})}
 
 
 def train_config(job: TrainingJob, model_path: str, family: str, settings: WorkerSettings, dataset_dir: Path,

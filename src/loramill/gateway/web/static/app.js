@@ -137,13 +137,82 @@ async function submitTraining(event) {
     const job = await (await api("/v1/trainings", { method: "POST", body: form })).json();
     say("");
     const done = await track(job, `training “${$("#train-trigger").value}”`);
-    if (done.status === "completed") say(`LoRA ready: ${done.result.loraId}`);
+    if (done.status === "completed") {
+      say(`LoRA ready: ${done.result.loraId}`);
+      await showQuality(done.result.loraId);
+    }
     await loadLoras();
   } catch (error) {
     say(error.message, true);
   } finally {
     $("#train-submit").disabled = false;
   }
+}
+
+// What the run measured at each evaluation (engine/evaluation): a small chart of fidelity and
+// preservation by step, and the sample grid of each evaluation (trigger prompts first, then the others).
+const SERIES = [["clip", "fidelity (CLIP)", "#3b5bdb"], ["classifier", "fidelity (scorer)", "#7048e8"],
+                ["face", "fidelity (face)", "#1098ad"], ["preservation_clip", "preservation (CLIP)", "#2b8a3e"],
+                ["preservation_pixel", "preservation (pixels)", "#74b816"]];
+
+async function showQuality(loraId) {
+  const box = $("#train-quality");
+  const lora = await (await api(`/v1/loras/${encodeURIComponent(loraId)}`)).json();
+  const metrics = lora.metrics || {};
+  const evaluations = metrics.evaluations || [];
+  box.replaceChildren();
+  box.hidden = evaluations.length === 0;
+  if (box.hidden) return;
+  const summary = document.createElement("p");
+  summary.className = "summary";
+  summary.textContent = [["consistency", metrics.consistency], ["preservation", metrics.preservation]]
+    .filter(([, v]) => typeof v === "number").map(([k, v]) => `${k} ${v.toFixed(3)}`)
+    .concat(metrics.bestStep ? [`best step ${metrics.bestStep}`] : []).join(" · ");
+  box.append(summary, qualityChart(evaluations));
+  const strip = document.createElement("div");
+  strip.className = "strip";
+  for (const key of metrics.samples || []) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.alt = key.split("/").pop();
+    img.src = await imageUrl({ url: `/v1/files/${key.split("/").map(encodeURIComponent).join("/")}` });
+    const caption = document.createElement("figcaption");
+    caption.textContent = img.alt.replace(".png", "");
+    figure.append(img, caption);
+    strip.append(figure);
+  }
+  box.append(strip);
+}
+
+function qualityChart(evaluations) {
+  const NS = "http://www.w3.org/2000/svg";
+  const width = 360, height = 120, pad = 6;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("role", "img");
+  const last = Math.max(...evaluations.map((e) => e.step), 1);
+  const legend = document.createElement("div");
+  legend.className = "legend";
+  for (const [name, label, colour] of SERIES) {
+    const points = evaluations.filter((e) => typeof e[name] === "number");
+    if (!points.length) continue;
+    const line = document.createElementNS(NS, "polyline");
+    // every series is a similarity or a share in [0, 1]; the y axis is that range
+    line.setAttribute("points", points.map((e) => `${pad + (width - 2 * pad) * e.step / last},` +
+      `${height - pad - (height - 2 * pad) * Math.max(0, Math.min(1, e[name]))}`).join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", colour);
+    line.setAttribute("stroke-width", "2");
+    line.dataset.metric = name;
+    svg.append(line);
+    const key = document.createElement("span");
+    key.style.color = colour;
+    key.textContent = `${label} ${points[points.length - 1][name].toFixed(2)}`;
+    legend.append(key);
+  }
+  const chart = document.createElement("div");
+  chart.append(svg, legend);
+  return chart;
 }
 
 function previewPhotos() {

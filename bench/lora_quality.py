@@ -1,0 +1,237 @@
+"""Does a LoRA learn? A new concept on the reference world, measured at every evaluation.
+
+The reference SD 1.5 (``loramill models reference sd15``) draws the base colours × circle/square/triangle
+it was trained on and has never seen a star. A LoRA is trained on ``IMAGES`` images of stars with a
+trigger word; every ``EVAL_EVERY`` steps the run's own evaluation (``engine/evaluation``) measures:
+
+- fidelity: the share of trigger renders the domain's scorer reads as a star (``classifier``), and the
+  reference CLIP's similarity of those renders to the training images (``clip``);
+- preservation: the share of renders of the 15 base prompts (no trigger) that still show their
+  caption with the LoRA loaded (``preservation_classifier``; the base model's own is beside it).
+
+Four things come out of it (docs/quality.md): the recipe sweep and its fidelity/preservation frontier,
+the rank correlation of CLIP and classifier fidelity over all evaluations, the kohya and diffusers
+layouts scoring the same after export and reload, and a deliberately flipped training target failing
+the floors the tests assert.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import Result, workdir
+
+TRIGGER = "sks"
+IMAGES = 5
+EVAL_EVERY = 50
+# How the training images are captioned: the trigger as the new shape's noun, or in front of a caption
+# that names the (unknown to the base) shape.
+SCHEMES = {
+    "noun": "a {colour} sks on a {background} background",
+    "prefix": "sks, a {colour} star on a {background} background",
+}
+# Floors the tests assert (tests/engine/evaluation/test_learning.py), with margin under what the chosen
+# recipe reaches here; the bench reports whether each run passes them.
+FIDELITY_FLOOR, BASE_MULTIPLE, PRESERVATION_FLOOR = 0.6, 10, 0.85
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe of the sweep."""
+
+    rank: int = 8
+    lr: float = 1e-3
+    steps: int = 200
+    text_encoder: bool = False
+    scheme: str = "noun"
+    colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "orange")
+
+    @property
+    def label(self) -> str:
+        te = "+te" if self.text_encoder else ""
+        return (f"r{self.rank} lr{self.lr:g} {self.steps}st{te} {self.scheme} "
+                f"{len(self.colours)}col")
+
+
+CENTRE = Recipe()
+SWEEP = [
+    CENTRE,
+    replace(CENTRE, rank=4), replace(CENTRE, rank=16),
+    replace(CENTRE, lr=5e-4), replace(CENTRE, lr=2e-3),
+    replace(CENTRE, steps=100), replace(CENTRE, steps=400),
+    replace(CENTRE, text_encoder=True),
+    replace(CENTRE, scheme="prefix"),
+    replace(CENTRE, colours=("red", "blue")),
+]
+
+
+def reference_models(root: Path) -> tuple[Path, Path]:
+    """The reference SD 1.5 and CLIP folders, written once under ``root``."""
+    from loramill.engine.reference.models import write_reference_model
+
+    model, clip = root / "reference-sd15", root / "reference-clip"
+    if not (model / "model_index.json").exists():
+        write_reference_model("sd15", model)
+    if not (clip / "config.json").exists():
+        write_reference_model("clip", clip)
+    return model, clip
+
+
+def concept_images(out: Path, recipe: Recipe, count: int = IMAGES, seed: int = 0) -> Path:
+    """``count`` star images in ``recipe.colours`` (cycled), white and black grounds, captioned per scheme."""
+    import numpy as np
+
+    from loramill.engine.reference.domain import Shape, render
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        colour = recipe.colours[i % len(recipe.colours)]
+        background = ("white", "black")[i % 2]
+        radius = float(rng.uniform(12, 17))
+        x, y = (float(v) for v in rng.uniform(radius + 3, 64 - radius - 3, size=2))
+        render(Shape(colour, "star", background, x=x, y=y, radius=radius)).save(out / f"{i}.png")
+        (out / f"{i}.txt").write_text(SCHEMES[recipe.scheme].format(colour=colour, background=background))
+    return out
+
+
+def train_recipe(model: Path, clip: Path, recipe: Recipe, work: Path, **overrides: Any) -> dict[str, Any]:
+    """Train ``recipe`` with evaluation every ``EVAL_EVERY`` steps; the final metrics, history and time."""
+    from loramill.engine.training.config import TrainConfig
+    from loramill.engine.training.run import train
+
+    images = concept_images(work / "images", recipe)
+    values: dict[str, Any] = dict(
+        model=str(model), images=str(images), trigger=TRIGGER, out=str(work / "lora.safetensors"), resolution=64,
+        rank=recipe.rank, lr=recipe.lr, max_steps=recipe.steps, train_text_encoder=recipe.text_encoder, seed=0,
+        eval_every=EVAL_EVERY, clip_model=str(clip), eval_domain="shapes", prepare="never")
+    values.update(overrides)
+    started = time.perf_counter()
+    result = train(TrainConfig(**values))
+    seconds = time.perf_counter() - started
+    history = [json.loads(line) for line in (work / "lora.run" / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [{"step": h["step"], **h["eval"]} for h in history if "eval" in h]
+    return {"recipe": asdict(recipe), "label": recipe.label, "seconds": round(seconds, 1),
+            "final": evaluations[-1], "evaluations": evaluations, "lora": str(result.lora_path)}
+
+
+def passes_floors(final: dict[str, float]) -> bool:
+    fidelity, base = final["classifier"], final["classifier_base"]
+    return (fidelity >= FIDELITY_FLOOR and fidelity >= BASE_MULTIPLE * base
+            and final["preservation_classifier"] >= PRESERVATION_FLOOR)
+
+
+def frontier(runs: list[dict[str, Any]]) -> list[str]:
+    """Labels of the runs no other run beats on both fidelity and preservation (the Pareto front)."""
+    points = [(r["label"], r["final"]["classifier"], r["final"]["preservation_classifier"]) for r in runs]
+    return [label for label, f, p in points
+            if not any(f2 >= f and p2 >= p and (f2 > f or p2 > p) for _, f2, p2 in points)]
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation (ties get their mean rank)."""
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+@contextmanager
+def flipped_target(family_name: str = "sd15"):  # type: ignore[no-untyped-def]
+    """A test double of the family whose training target has the wrong sign (the bug the floors must catch)."""
+    from loramill.engine.families import get_family
+
+    family: Any = get_family(family_name)
+    original = family.add_noise  # training_target and the training objective both draw through it
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        noised = original(*args, **kwargs)
+        return replace(noised, target=-noised.target)
+
+    family.add_noise = broken
+    try:
+        yield
+    finally:
+        family.add_noise = original
+
+
+def layouts_agree(model: Path, clip: Path, recipe: Recipe, work: Path) -> dict[str, Any]:
+    """Train once per layout (same seed, same weights), evaluate each file after reload: the scores match."""
+    from loramill.engine.evaluation.evaluate import Evaluator, config_from_references
+    from loramill.engine.evaluation.sampling import RenderSettings
+    from loramill.engine.families import get_family
+    from loramill.engine.training.data import load_examples
+
+    family = get_family("sd15")
+    scores = {}
+    for layout in ("kohya", "diffusers"):
+        run = train_recipe(model, clip, recipe, work / layout, format=layout, eval_every=0)
+        pipe = family.load_pipeline(str(model))
+        pipe.load_lora_weights(run["lora"])
+        references = load_examples(str(work / layout / "images"), trigger=TRIGGER, resolution=64, multiple=8)
+        config = config_from_references(references, clip=str(clip), domain="shapes",
+                                        render=RenderSettings(steps=20, side=64, seeds=(0, 1)))
+        scores[layout] = Evaluator(pipe, family, config).evaluate().metrics
+    diff = max(abs(scores["kohya"][k] - scores["diffusers"][k]) for k in scores["kohya"])
+    return {"kohya": scores["kohya"], "diffusers": scores["diffusers"], "max_abs_difference": diff}
+
+
+def run(quick: bool = False) -> list[Result]:
+    root = workdir("lora_quality")
+    model, clip = reference_models(root)
+    command = "make bench BENCH=lora_quality"
+    # 1. The sweep (one change at a time around the centre recipe).
+    sweep = SWEEP[:3] if quick else SWEEP
+    runs = [train_recipe(model, clip, recipe, root / "sweep" / recipe.label.replace(" ", "_")) for recipe in sweep]
+    front = frontier(runs)
+    # 2. CLIP vs classifier fidelity over every evaluation of every run.
+    pairs = [(e["clip"], e["classifier"]) for r in runs for e in r["evaluations"]]
+    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    # 3. The same recipe with the training target's sign flipped.
+    with flipped_target():
+        broken = train_recipe(model, clip, CENTRE, root / "flipped")
+    # 4. Both layouts after export and reload.
+    layouts = layouts_agree(model, clip, CENTRE, root / "layouts")
+    centre = runs[0]
+    results = [
+        Result("new concept: fidelity (classifier)", "share of trigger renders read as a star",
+               centre["final"]["classifier_base"], centre["final"]["classifier"], None,
+               f">= {FIDELITY_FLOOR} and >= {BASE_MULTIPLE}x base", passes_floors(centre["final"]), command,
+               details={"recipe": centre["label"], "seconds": centre["seconds"], "final": centre["final"]}),
+        Result("new concept: preservation (classifier)", "share of base prompts still drawn right with the LoRA",
+               centre["final"]["preservation_classifier_base"], centre["final"]["preservation_classifier"], None,
+               f">= {PRESERVATION_FLOOR}", centre["final"]["preservation_classifier"] >= PRESERVATION_FLOOR, command),
+        Result("recipe sweep: frontier", "runs on the fidelity/preservation front", None, float(len(front)), None,
+               "-", None, command, details={"frontier": front, "runs": [
+                   {k: r[k] for k in ("label", "seconds", "final")} for r in runs]}),
+        Result("CLIP vs classifier fidelity", "Spearman rank correlation over evaluations", None, round(rho, 3),
+               None, "> 0.5", rho > 0.5, command, details={"pairs": len(pairs)}),
+        Result("flipped training target", "fidelity (classifier) of the broken run", None,
+               broken["final"]["classifier"], None, "fails the floors", not passes_floors(broken["final"]), command,
+               details={"final": broken["final"]}),
+        Result("kohya vs diffusers layout", "largest metric difference after reload", None,
+               layouts["max_abs_difference"], None, "< 1e-3", layouts["max_abs_difference"] < 1e-3, command,
+               details=layouts),
+    ]
+    (root / "report.json").write_text(json.dumps({"runs": runs, "broken": broken, "layouts": layouts,
+                                                  "frontier": front, "spearman": rho}, indent=2))
+    return results
