@@ -1,6 +1,6 @@
 """Run the benchmarks, print the table and merge the figures into bench/results.json.
 
-    python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe] [--quick]
+    python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe,lora_quality] [--quick]
                         [--reference-script PATH --reference-python PATH]
 
 ``make bench`` calls this; see docs/performance.md for what each benchmark measures and why.
@@ -19,7 +19,7 @@ import traceback
 
 from bench.common import RESULTS, Result, machine, save_results, table
 
-BENCHMARKS = ("training", "loras", "orchestration", "coldstart", "quality", "adherence", "recipe")
+BENCHMARKS = ("training", "loras", "orchestration", "coldstart", "quality", "adherence", "recipe", "lora_quality")
 
 
 def main(argv: list[str] | None = None) -> int:

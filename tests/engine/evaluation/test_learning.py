@@ -22,9 +22,12 @@ from bench.lora_quality import (
     train_recipe,
 )
 
-from loramill.engine.reference.models import MANIFEST
+from loramill.engine.reference.clip import CLIP_WEIGHTS
+from loramill.engine.reference.models import COMPONENT_FILES, MANIFEST, WEIGHTS_DIR
 
-pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason="the trained reference weights are not in this "
+TRAINED = MANIFEST.is_file() and all((WEIGHTS_DIR / f).is_file() for f in (*COMPONENT_FILES["sd15"].values(),
+                                                                             CLIP_WEIGHTS))
+pytestmark = pytest.mark.skipif(not TRAINED, reason="the trained reference SD 1.5 and CLIP weights are not in this "
                                 "checkout (make reference-models)")
 
 
