@@ -241,3 +241,16 @@ def test_worker_fills_only_its_declared_defaults(tmp_path: Path) -> None:
     for name, info in options_of(TrainConfig).items():
         if name not in set_by_worker:
             assert getattr(config, name) == info.default, name
+
+
+def test_bot_settings_for_job_options_take_the_wire_limits() -> None:
+    from loramill.engine.generation.request import LoraRef
+    from loramill.gateway.bot.settings import BotSettings
+
+    pairs = {"steps": (GenerateRequest, "steps"), "width": (GenerateRequest, "width"),
+             "height": (GenerateRequest, "height"), "train_epochs": (TrainConfig, "epochs"),
+             "train_max_steps": (TrainConfig, "max_steps"), "lora_weight": (LoraRef, "weight")}
+    for setting, (spec, name) in pairs.items():
+        field = BotSettings.model_fields[setting]  # a required field's limits move into its metadata
+        limits = _limits(field.annotation) + [m for m in field.metadata if isinstance(m, at.BaseMetadata)]
+        assert limits == _limits(wire_type(options_of(spec)[name])), setting

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeAlias
+
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loramill.engine.generation.request import GenerateRequest, LoraRef
+from loramill.engine.options import options_of
+from loramill.engine.training.config import TrainConfig
 from loramill.errors import InvalidInput
+from loramill.jobs.wire import wire_type
 
 OFFICIAL_API_URL = "https://api.telegram.org"
+
+# The job options' own types and limits, as the queue accepts them (static checkers see the plain types).
+if TYPE_CHECKING:
+    Steps: TypeAlias = int
+    Width: TypeAlias = int
+    Height: TypeAlias = int
+    Epochs: TypeAlias = int
+    MaxSteps: TypeAlias = int
+    LoraWeight: TypeAlias = float
+else:
+    Steps, Width, Height = (wire_type(options_of(GenerateRequest)[n]) for n in ("steps", "width", "height"))
+    Epochs, MaxSteps = (wire_type(options_of(TrainConfig)[n]) for n in ("epochs", "max_steps"))
+    LoraWeight = wire_type(options_of(LoraRef)["weight"])
 
 
 class BotSettings(BaseSettings):
@@ -33,12 +52,12 @@ class BotSettings(BaseSettings):
 
     # What the bot asks for; the worker fills in anything left unset from the model family's defaults.
     base_model: str | None = Field(default=None, description="baseModel of jobs (default: the worker's)")
-    steps: int | None = Field(default=None, ge=1, le=200, description="generation steps (default: family's)")
-    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    train_epochs: int | None = Field(default=None, ge=1, le=1000, description="epochs of /train jobs")
-    train_max_steps: int | None = Field(default=None, ge=1, le=100_000, description="maxSteps of /train jobs")
-    lora_weight: float = Field(default=1.0, ge=-4, le=4, description="strength of the LoRA in /avatar")
+    steps: Steps | None = Field(default=None, description="generation steps (default: family's)")
+    width: Width | None = Field(default=None, description="pixels (default: family's)")
+    height: Height | None = Field(default=None, description="pixels (default: family's)")
+    train_epochs: Epochs | None = Field(default=None, description="epochs of /train jobs")
+    train_max_steps: MaxSteps | None = Field(default=None, description="maxSteps of /train jobs")
+    lora_weight: LoraWeight = Field(default=1.0, description="strength of the LoRA in /avatar")
 
     # How often the result loop looks for finished jobs; how long one getUpdates long poll may wait.
     poll_interval: float = Field(default=1.0, gt=0, le=60)
