@@ -57,8 +57,10 @@ def vae(scaling_factor: float = 1.0, shift_factor: float | None = None) -> Any:
     """The shared VAE: 64 px ↔ 8×8×4 (four blocks give the real 8× compression)."""
     from diffusers import AutoencoderKL
 
+    # One normalisation group: with one channel per group (8 groups over 8 channels) a channel that is
+    # flat in an image was scaled up to unit variance, and every shape came out as coloured noise.
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                         block_out_channels=(8, 16, 32, 64), norm_num_groups=8,
+                         block_out_channels=(8, 16, 32, 64), norm_num_groups=1,
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                          sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
                          scaling_factor=scaling_factor, shift_factor=shift_factor)
