@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from loramill.domain.status import JobStatus
 from loramill.errors import TransientError
 from loramill.jobs.contracts import JobEvent
 from loramill.jobs.events import JobRecorder
 from loramill.jobs.retry import RetryPolicy
-from loramill.jobs.status import JobStatus
 
 
 class CountingStore:

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from loramill.domain.status import JobStatus
 from loramill.jobs.contracts import JobEvent, Metrics
 from loramill.jobs.handlers.context import JobContext
-from loramill.jobs.status import JobStatus
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from loramill.adapters.storage.base import Storage
+from loramill.domain.status import JobStatus
 from loramill.jobs.contracts import JobEvent
 from loramill.jobs.retry import RetryPolicy
-from loramill.jobs.status import JobStatus
 from loramill.jobs.tsuki import TsukiSettings, image_key
 
 log = logging.getLogger(__name__)

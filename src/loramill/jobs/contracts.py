@@ -30,7 +30,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from loramill.adapters.storage.base import validate_key
+from loramill.domain.keys import validate_key
+from loramill.domain.status import JobKind, JobStatus
 from loramill.engine.generation.request import GenerateRequest
 from loramill.engine.generation.request import LoraRef as EngineLoraRef
 from loramill.engine.options import (
@@ -41,7 +42,6 @@ from loramill.engine.options import (
 )
 from loramill.engine.training.config import TrainConfig
 from loramill.errors import InvalidInput, LoramillError
-from loramill.jobs.status import JobKind, JobStatus
 from loramill.jobs.wire import wire_model, wire_type
 
 logger = logging.getLogger("loramill.jobs")

@@ -19,11 +19,12 @@ from typing import TypeVar
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobRecord, JobStore
+from loramill.adapters.store import JobStore
+from loramill.domain.records import JobRecord
+from loramill.domain.status import AttemptStart, JobStatus
 from loramill.errors import Conflict, LoramillError, TransientError
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, Progress, TrainingJob
 from loramill.jobs.retry import RetryPolicy, retrying
-from loramill.jobs.status import AttemptStart, JobStatus
 from loramill.logs import redact
 
 log = logging.getLogger(__name__)

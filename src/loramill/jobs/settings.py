@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loramill.domain.status import JobKind
 from loramill.errors import InvalidInput
 from loramill.jobs.retry import RetryPolicy
-from loramill.jobs.status import JobKind
 
 JOB_KINDS = tuple(JobKind)
 BROKERS = ("sql", "kafka", "rabbitmq")

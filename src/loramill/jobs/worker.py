@@ -27,6 +27,7 @@ from loramill import metrics
 from loramill.adapters.broker.base import Broker, Delivery
 from loramill.adapters.storage.base import Storage
 from loramill.adapters.store import JobStore
+from loramill.domain.status import AttemptStart, JobKind, JobStatus
 from loramill.engine.progress import StopRequested
 from loramill.errors import Conflict, LoramillError, TransientError
 from loramill.jobs.batching import GenerationBatcher
@@ -37,7 +38,6 @@ from loramill.jobs.handlers import checkpoints, handler_for
 from loramill.jobs.handlers.context import JobContext, StopReason
 from loramill.jobs.handlers.models import ResidentModels
 from loramill.jobs.settings import WorkerSettings
-from loramill.jobs.status import AttemptStart, JobKind, JobStatus
 from loramill.jobs.tsuki import TsukiSettings, is_tsuki, load_tsuki_settings, translate
 from loramill.logs import task_context
 

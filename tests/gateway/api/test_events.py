@@ -6,8 +6,8 @@ import json
 import threading
 import time
 
+from loramill.domain.status import JobStatus
 from loramill.jobs.contracts import JobEvent, Progress
-from loramill.jobs.status import JobStatus
 from tests.gateway.api.conftest import Api
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from loramill.domain.status import JobStatus
 from loramill.jobs.contracts import parse_job
-from loramill.jobs.status import JobStatus
 from tests.gateway.api.conftest import Api, png_bytes
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loramill.jobs.status import JobStatus
+from loramill.domain.status import JobStatus
 from tests.gateway.api.conftest import Api, png_bytes
 
 

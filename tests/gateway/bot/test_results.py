@@ -6,13 +6,13 @@ import asyncio
 import time
 from typing import Any
 
+from loramill.domain.status import JobStatus
 from loramill.gateway.api.service import Gateway
 from loramill.gateway.bot.app import build_bot
 from loramill.gateway.bot.deliveries import Deliveries
 from loramill.gateway.bot.jobs import BotServices
 from loramill.gateway.bot.results import ResultLoop
 from loramill.gateway.settings import GatewaySettings
-from loramill.jobs.status import JobStatus
 from tests.gateway.bot.conftest import Services, bot_settings, decoded, png_bytes, running_bot, stand_in
 from tests.gateway.bot.standin import Person
 
@@ -142,9 +142,9 @@ def test_result_with_missing_image_is_given_up(services: Services) -> None:
 def test_avatar_note_shows_quality_when_the_training_evaluated_itself() -> None:
     from datetime import UTC, datetime
 
-    from loramill.adapters.store import JobRecord
+    from loramill.domain.records import JobRecord
+    from loramill.domain.status import JobStatus
     from loramill.gateway.bot.results import quality_note
-    from loramill.jobs.status import JobStatus
 
     now = datetime.now(UTC)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from loramill.adapters.storage.base import Storage, validate_key
+from loramill.adapters.storage.base import Storage
 from loramill.adapters.storage.settings import StorageSettings, load_storage_settings
 from loramill.errors import InvalidInput
 
@@ -39,4 +39,4 @@ def make_storage(settings: StorageSettings | None = None) -> Storage:
     return build(settings)
 
 
-__all__ = ["BACKENDS", "Storage", "StorageSettings", "load_storage_settings", "make_storage", "validate_key"]
+__all__ = ["BACKENDS", "Storage", "StorageSettings", "load_storage_settings", "make_storage"]

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from loramill.adapters.storage.base import Storage, validate_key
+from loramill.adapters.storage.base import Storage
+from loramill.domain.keys import validate_key
 from loramill.errors import InvalidInput, LoramillError, NotFound, TransientError
 
 # Writes land in a temporary file first and are renamed into place, so a reader never sees half a

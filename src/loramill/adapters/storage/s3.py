@@ -21,7 +21,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import SecretStr
 
-from loramill.adapters.storage.base import Storage, validate_key
+from loramill.adapters.storage.base import Storage
+from loramill.domain.keys import validate_key
 from loramill.errors import InvalidInput, LoramillError, NotFound, TransientError
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}

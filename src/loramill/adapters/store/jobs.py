@@ -19,9 +19,10 @@ from sqlalchemy import exc
 
 from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import Job, JobEvent, utcnow
-from loramill.adapters.store.records import EventRecord, JobRecord, Page, to_record
+from loramill.adapters.store.records import to_record
+from loramill.domain.records import EventRecord, JobRecord, Page
+from loramill.domain.status import AttemptStart, JobStatus, sources_of
 from loramill.errors import Conflict, InvalidInput, NotFound
-from loramill.jobs.status import AttemptStart, JobStatus, sources_of
 
 jobs = cast(sa.Table, Job.__table__)
 events = cast(sa.Table, JobEvent.__table__)

@@ -10,7 +10,8 @@ from sqlalchemy import exc
 
 from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import Lora, utcnow
-from loramill.adapters.store.records import LoraRecord, to_record
+from loramill.adapters.store.records import to_record
+from loramill.domain.records import LoraRecord
 from loramill.errors import Conflict, NotFound
 
 loras = cast(sa.Table, Lora.__table__)

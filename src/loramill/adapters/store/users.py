@@ -17,7 +17,8 @@ from sqlalchemy import exc
 
 from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import ApiKey, User, utcnow
-from loramill.adapters.store.records import ApiKeyRecord, UserRecord, to_record
+from loramill.adapters.store.records import to_record
+from loramill.domain.records import ApiKeyRecord, UserRecord
 from loramill.errors import InvalidInput, NotFound
 
 users = cast(sa.Table, User.__table__)

@@ -15,8 +15,9 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from loramill.adapters.store import EventRecord, JobStore
-from loramill.jobs.status import JobStatus
+from loramill.adapters.store import JobStore
+from loramill.domain.records import EventRecord
+from loramill.domain.status import JobStatus
 
 RECONNECT_MS = 2000
 

@@ -13,8 +13,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loramill import metrics as shared
+from loramill.domain.status import JobKind
 from loramill.errors import LoramillError
-from loramill.jobs.status import JobKind
 
 REQUESTS = Counter("loramill_http_requests_total", "HTTP requests answered, by method, route and status.",
                    ["method", "route", "status"], registry=shared.REGISTRY)

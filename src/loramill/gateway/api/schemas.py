@@ -12,8 +12,8 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
+from loramill.domain.status import JobStatus
 from loramill.jobs.contracts import GenerationJob, TrainingConfig
-from loramill.jobs.status import JobStatus
 
 PublicKind = Literal["training", "generation"]  # JobKind.public of each kind
 

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from loramill.adapters.broker.base import Broker
-from loramill.adapters.storage.base import Storage, validate_key
-from loramill.adapters.store import JobRecord, JobStore, LoraRecord, Page
+from loramill.adapters.storage.base import Storage
+from loramill.adapters.store import JobStore
+from loramill.domain.keys import owned_by, upload_key, validate_key
+from loramill.domain.records import JobRecord, LoraRecord, Page
+from loramill.domain.status import JobKind, JobStatus
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
 from loramill.gateway.api import metrics
 from loramill.gateway.api.quotas import RateLimiter
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
 from loramill.jobs.contracts import ErrorInfo, GenerationJob, JobEvent, TrainingJob, parse_job
-from loramill.jobs.status import JobKind, JobStatus
 
 logger = logging.getLogger("loramill.gateway")
 
@@ -74,7 +76,7 @@ class Gateway:
                 raise NotFound(f"imageKeys[{i}]: nothing is stored under {key!r}; upload the image instead",
                                field=f"imageKeys[{i}]")
         # 3. Uploads go under users/{userId}/images/{taskId}/, named by content so a retry names the same keys
-        uploads = {f"users/{who.user_id}/images/{task_id}/{i:03d}-{image.digest}.{image.extension}": image
+        uploads = {upload_key(who.user_id, task_id, i, image.digest, image.extension): image
                    for i, image in enumerate(images)}
         # 4. The job in Selfix's format, checked by the same parser the worker uses before anything is stored
         job = parse_job({"taskId": task_id, "userId": who.user_id, "images": keys + list(uploads),
@@ -253,7 +255,7 @@ class Gateway:
             key = validate_key(key)
         except InvalidInput as exc:
             raise InvalidInput(f"{field}: {exc.message}", code=exc.code, field=field) from None
-        if not (who.is_admin or key.startswith(f"users/{who.user_id}/")):
+        if not (who.is_admin or owned_by(key, who.user_id)):
             raise NotFound(f"{field}: no file {key!r} of yours", field=field)
         return key
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from loramill.adapters.store import JobRecord, LoraRecord
+from loramill.domain.records import JobRecord, LoraRecord
+from loramill.domain.status import JobKind
 from loramill.gateway.api.schemas import (
     ErrorPublic,
     FilePublic,
@@ -15,7 +16,6 @@ from loramill.gateway.api.schemas import (
     LoraPublic,
     ProgressPublic,
 )
-from loramill.jobs.status import JobKind
 
 
 def file_public(key: str) -> FilePublic:

@@ -18,11 +18,11 @@ from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message
 
+from loramill.domain.status import JobKind
 from loramill.errors import LoramillError, Overloaded, TransientError
 from loramill.gateway.bot import jobs
 from loramill.gateway.bot.albums import AlbumCollector, PhotoSet
 from loramill.gateway.bot.jobs import BotServices, Queued
-from loramill.jobs.status import JobKind
 from loramill.logs import redact
 
 logger = logging.getLogger("loramill.bot")

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobRecord, JobStore, LoraRecord
+from loramill.adapters.store import JobStore
+from loramill.domain.records import JobRecord, LoraRecord
+from loramill.domain.status import JobStatus
 from loramill.errors import NotFound
 from loramill.gateway.api.service import Gateway, Principal
 from loramill.gateway.api.uploads import check_image
 from loramill.gateway.bot.deliveries import Deliveries
 from loramill.gateway.bot.settings import BotSettings
-from loramill.jobs.status import JobStatus
 
 logger = logging.getLogger("loramill.bot")
 

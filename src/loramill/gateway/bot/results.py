@@ -27,11 +27,12 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile
 
-from loramill.adapters.store import JobRecord
+from loramill.domain.keys import generations_prefix
+from loramill.domain.records import JobRecord
+from loramill.domain.status import JobKind, JobStatus
 from loramill.errors import Overloaded, TransientError
 from loramill.gateway.bot.deliveries import Pending
 from loramill.gateway.bot.jobs import BotServices
-from loramill.jobs.status import JobKind, JobStatus
 from loramill.logs import redact
 
 logger = logging.getLogger("loramill.bot.results")
@@ -144,13 +145,12 @@ class ResultLoop:
             await self.bot.send_photo(chat_id, photo, caption=prompt[:CAPTION_LIMIT] or None)
 
     def _image_keys(self, job: JobRecord) -> list[str]:
-        # The worker's result lists the images; older or partial results fall back to the layout (SPEC 3.5).
+        # The worker's result lists the images; older or partial results fall back to the storage layout.
         result: dict[str, Any] = job.result or {}
         keys = result.get("imagePaths") or result.get("image_paths")
         if keys:
             return [str(k) for k in keys]
-        prefix = f"users/{job.user_id}/generations/{job.id}/"
-        return sorted(self.svc.storage.list(prefix))
+        return sorted(self.svc.storage.list(generations_prefix(job.user_id, job.id)))
 
 
 def quality_note(job: JobRecord) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from loramill.domain.status import JobKind
 from loramill.jobs.contracts import JobEvent
 from loramill.jobs.handlers.context import JobContext
-from loramill.jobs.status import JobKind
 
 Handler = Callable[[JobContext], JobEvent]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from loramill.adapters.storage.base import Storage
+from loramill.domain.keys import checkpoints_prefix
 from loramill.engine.training.checkpoint import INFO_FILE, STATE_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,12 @@ FILES = (WEIGHTS_FILE, STATE_FILE, INFO_FILE)  # the marker last
 _STEP = re.compile(r"^step-(\d{6,})$")
 
 
-def prefix(task_id: str) -> str:
-    """Where the checkpoints of ``task_id`` live in storage."""
-    return f"checkpoints/{task_id}/"
-
-
 def stored_steps(storage: Storage, task_id: str, io: Io) -> list[int]:
     """Steps of the complete checkpoints stored for ``task_id``, oldest first."""
-    keys = io("storage.list", lambda: storage.list(prefix(task_id)))
+    keys = io("storage.list", lambda: storage.list(checkpoints_prefix(task_id)))
     files: dict[int, set[str]] = {}
     for key in keys:
-        parts = key[len(prefix(task_id)):].split("/")
+        parts = key[len(checkpoints_prefix(task_id)):].split("/")
         match = _STEP.match(parts[0]) if len(parts) == 2 else None
         if match:
             files.setdefault(int(match.group(1)), set()).add(parts[1])
@@ -45,7 +41,7 @@ def stored_steps(storage: Storage, task_id: str, io: Io) -> list[int]:
 def upload_checkpoint(storage: Storage, task_id: str, folder: Path, io: Io, *, keep: int = 2) -> None:
     """Copy the checkpoint ``folder`` (``step-NNNNNN``) to storage and drop all but the newest ``keep``."""
     for name in FILES:
-        key = f"{prefix(task_id)}{folder.name}/{name}"
+        key = f"{checkpoints_prefix(task_id)}{folder.name}/{name}"
         io("storage.put_file", lambda key=key, name=name: storage.put_file(key, folder / name))  # type: ignore[misc]
     log.info("checkpoint %s stored", folder.name, extra={"checkpoint": folder.name})
     steps = stored_steps(storage, task_id, io)
@@ -62,7 +58,7 @@ def download_latest(storage: Storage, task_id: str, root: Path, io: Io) -> int |
     target = root / name
     target.mkdir(parents=True, exist_ok=True)
     for file in FILES:
-        key = f"{prefix(task_id)}{name}/{file}"
+        key = f"{checkpoints_prefix(task_id)}{name}/{file}"
         io("storage.get_file", lambda key=key, file=file: storage.get_file(key, target / file))  # type: ignore[misc]
     return steps[-1]
 
@@ -70,12 +66,12 @@ def download_latest(storage: Storage, task_id: str, root: Path, io: Io) -> int |
 def delete_checkpoint(storage: Storage, task_id: str, step: int, io: Io) -> None:
     """Remove one stored checkpoint (marker first, so a half-deleted one is never taken as complete)."""
     for file in reversed(FILES):
-        key = f"{prefix(task_id)}step-{step:06d}/{file}"
+        key = f"{checkpoints_prefix(task_id)}step-{step:06d}/{file}"
         io("storage.delete", lambda key=key: storage.delete(key))  # type: ignore[misc]
 
 
 def delete_all(storage: Storage, task_id: str, io: Io) -> None:
     """Remove every stored checkpoint of a finished job."""
-    for key in sorted(io("storage.list", lambda: storage.list(prefix(task_id))),
+    for key in sorted(io("storage.list", lambda: storage.list(checkpoints_prefix(task_id))),
                       key=lambda k: not k.endswith(INFO_FILE)):
         io("storage.delete", lambda key=key: storage.delete(key))  # type: ignore[misc]

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loramill import metrics
+from loramill.domain.keys import image_key
+from loramill.domain.status import JobStatus
 from loramill.engine.families import get_family
 from loramill.engine.generation.generate import GenerateRequest
 from loramill.engine.generation.loras import LoraRef
@@ -26,16 +28,10 @@ from loramill.errors import InvalidInput, LoramillError, NotFound
 from loramill.jobs.contracts import GenerationJob, JobEvent, Metrics
 from loramill.jobs.handlers.context import JobContext
 from loramill.jobs.handlers.models import resolve_base_model
-from loramill.jobs.status import JobStatus
 from loramill.jobs.wire import engine_to_wire, to_engine
 from loramill.logs import task_context
 
 log = logging.getLogger(__name__)
-
-
-def image_key(user_id: str, task_id: str, n: int) -> str:
-    """Where the ``n``-th image of a generation job goes (SPEC 3.5)."""
-    return f"users/{user_id}/generations/{task_id}/{n}.png"
 
 
 def handle_generation(ctx: JobContext) -> JobEvent:

@@ -16,6 +16,8 @@ from typing import Any
 
 from loramill import metrics
 from loramill.adapters.storage.base import Storage
+from loramill.domain.keys import model_key
+from loramill.domain.status import JobStatus
 from loramill.engine.dataset.config import DatasetConfig
 from loramill.engine.families import detect_family, get_family
 from loramill.engine.options import rename_field
@@ -26,18 +28,12 @@ from loramill.jobs.handlers import checkpoints
 from loramill.jobs.handlers.context import JobContext
 from loramill.jobs.handlers.models import resolve_base_model
 from loramill.jobs.settings import WorkerSettings
-from loramill.jobs.status import JobStatus
 from loramill.jobs.wire import engine_to_wire, to_engine
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_KEPT = 2  # in storage, per job: the newest survives a crash during the next upload
 QUALITY_METRICS = ("consistency", "preservation")  # added to the result event when the run evaluated itself
-
-
-def model_key(user_id: str, task_id: str) -> str:
-    """Where a training job's LoRA goes (SPEC 3.5)."""
-    return f"users/{user_id}/models/{task_id}.safetensors"
 
 
 def handle_training(ctx: JobContext) -> JobEvent:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from loramill.domain.status import JobStatus
 from loramill.gateway.api.deps import GatewayDep, PrincipalDep
 from loramill.gateway.api.events import parse_last_event_id, stream_job_events
 from loramill.gateway.api.schemas import (
@@ -20,7 +21,6 @@ from loramill.gateway.api.schemas import (
     TrainingCreate,
 )
 from loramill.gateway.api.views import job_public
-from loramill.jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}

@@ -1,4 +1,4 @@
-"""The job status machine (SPEC.md 3.2): queued → processing → completed | failed | canceled.
+"""The job status machine (docs/contracts.md, "Job status"): queued → processing → completed | failed | canceled.
 
 Terminal states are final: once a job is completed, failed or canceled nothing overwrites it, so a
 late worker (an expired lease, a duplicate delivery) can never turn a canceled job into a completed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loramill.jobs.status import TERMINAL, JobStatus, can_transition, sources_of
+from loramill.domain.status import TERMINAL, JobKind, JobStatus, can_transition, sources_of
 
 
 @pytest.mark.parametrize(("current", "new"), [
@@ -42,7 +42,6 @@ def test_job_kind_has_one_public_word_each_and_the_api_lists_them() -> None:
 
     from loramill.gateway.api.schemas import PublicKind
     from loramill.jobs.contracts import GenerationJob, TrainingJob
-    from loramill.jobs.status import JobKind
 
     assert (TrainingJob.kind, GenerationJob.kind) == (JobKind.TRAIN, JobKind.GENERATE) == ("train", "generate")
     assert set(typing.get_args(PublicKind)) == {kind.public for kind in JobKind} == {"training", "generation"}
