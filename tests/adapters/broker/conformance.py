@@ -43,7 +43,7 @@ class Behaviour:
 
 
 def selfix_job(task_id: str, priority: int = 1) -> bytes:
-    """A training job exactly as Selfix writes it (SPEC 3.1)."""
+    """A training job exactly as Selfix writes it (docs/contracts.md)."""
     return json.dumps(
         {
             "taskId": task_id,
@@ -56,7 +56,7 @@ def selfix_job(task_id: str, priority: int = 1) -> bytes:
 
 
 def selfix_event(task_id: str, status: str) -> bytes:
-    """A status event exactly as Selfix reads it (SPEC 3.2)."""
+    """A status event exactly as Selfix reads it (docs/contracts.md)."""
     return json.dumps({"taskId": task_id, "userId": "user-1", "status": status}).encode()
 
 

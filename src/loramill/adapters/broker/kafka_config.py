@@ -1,6 +1,6 @@
 """Settings of the Kafka adapter and the librdkafka configuration built from them.
 
-Selfix's deployments set ``KAFKA_*`` variables (SPEC 3.4) and must work unchanged, so those fields
+Selfix's deployments set ``KAFKA_*`` variables (docs/contracts.md, "Environment variables") and must work unchanged, so those fields
 read exactly those names; loramill's own knobs use the ``LORAMILL_KAFKA_`` prefix. The SASL password
 is a ``SecretStr``: it leaves this module only inside the dict handed to confluent-kafka, never in a
 repr, a log line or an error message.
@@ -27,7 +27,7 @@ class KafkaSettings(BaseSettings):
     # extra="forbid": a misspelt keyword to make_broker("kafka", ...) fails instead of being ignored.
     model_config = SettingsConfigDict(env_prefix="LORAMILL_KAFKA_", populate_by_name=True, extra="forbid")
 
-    # Selfix contract (SPEC 3.4): exactly these variable names, no prefix.
+    # Selfix contract (docs/contracts.md): exactly these variable names, no prefix.
     bootstrap_server: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVER")
     security_protocol: str = Field("PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL")
     sasl_mechanism: str | None = Field(None, validation_alias="KAFKA_SASL_MECHANISM")

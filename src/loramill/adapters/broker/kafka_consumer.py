@@ -1,6 +1,6 @@
 """The worker's Kafka consumer: one background thread polls, whatever the jobs do meanwhile.
 
-Why a thread of its own (SPEC 5 item 8, aiokafka #848): a job longer than ``max.poll.interval.ms``
+Why a thread of its own (aiokafka #848): a job longer than ``max.poll.interval.ms``
 makes a consumer that stops polling leave its group, its partitions move, the job is delivered again
 and loops forever. So the poll loop never stops: as soon as a message is handed out its partition is
 paused (no more messages are fetched from it, librdkafka drops what it had prefetched), and polling

@@ -1,8 +1,8 @@
 """An asyncio event loop in a background thread, driven from synchronous code.
 
 The broker port is synchronous and the worker runs the engine in its own thread for hours; an
-AMQP client on that thread would stop answering heartbeats and lose its connection (aio-pika #342,
-SPEC 5 item 9). So the adapter's connection lives on this loop, which nothing else ever blocks.
+AMQP client on that thread would stop answering heartbeats and lose its connection (aio-pika #342).
+So the adapter's connection lives on this loop, which nothing else ever blocks.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``rabbitmq`` broker: durable priority queue, manual ack, dead-letter exchange, via aio-pika.
 
-What long jobs need from RabbitMQ (SPEC 5 item 9): the connection lives on an event loop in the
+What long jobs need from RabbitMQ (aio-pika #342): the connection lives on an event loop in the
 adapter's own thread (``LoopThread``), so heartbeats go on while the worker's thread trains for
 hours; prefetch 1 so a busy worker holds one job; the queue's ``x-consumer-timeout`` above the
 longest job; ack only after the result is stored. ``connect_robust`` reconnects and restores the

@@ -44,7 +44,7 @@ def endpoint_url(endpoint: str | None, use_ssl: bool) -> str | None:
 
 
 class S3Storage(Storage):
-    """Objects in one bucket; keys are the object keys (SPEC.md 3.5 layout)."""
+    """Objects in one bucket; keys are the object keys (layout: ``loramill.domain.keys``)."""
 
     name = "s3"
 

@@ -1,6 +1,6 @@
 """Training-time augmentation: horizontal flip, colour jitter, small rotation (the Aldar Kose recipe).
 
-The recipe in seed 003 is torchvision's ``RandomHorizontalFlip(0.5)``, ``ColorJitter(brightness=0.1,
+The recipe is torchvision's ``RandomHorizontalFlip(0.5)``, ``ColorJitter(brightness=0.1,
 contrast=0.1)`` and ``RandomRotation(5)``, drawn afresh every step. Fresh randomness every step would
 make cached latents wrong, so here an augmentation is a *variant*: ``augment(image, k, config)`` is the
 same picture every time for the same image and ``k``. A trainer that caches latents caches one per

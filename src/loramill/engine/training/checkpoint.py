@@ -1,7 +1,7 @@
 """Resumable training state: LoRA weights, optimizer, schedule, step and every RNG that draws.
 
-A resumed run must end with the same LoRA as an uninterrupted one (SPEC.md section 5, item 2): users
-of other trainers report runs resuming at the wrong step or drifting. So a checkpoint holds the step
+A resumed run must end with the same LoRA as an uninterrupted one: users of other trainers report runs
+resuming at the wrong step or drifting (sd-scripts #954, ai-toolkit #329). So a checkpoint holds the step
 counter, the optimizer and scheduler states, the noise generator's state and the global torch RNG;
 batch order is recomputed from (seed, epoch). Writes are atomic: a new checkpoint is written to a
 temporary folder and renamed into place, so a full disk leaves the previous checkpoint intact.

@@ -1,6 +1,6 @@
 """API schemas, split by direction: what clients send (``*Create``) and what they get back (``*Public``).
 
-The job contracts themselves (SPEC.md 3.1/3.3) stay in ``loramill.jobs.contracts``; these are the HTTP
+The job contracts themselves (docs/contracts.md) stay in ``loramill.jobs.contracts``; these are the HTTP
 shapes around them. Field names are camelCase on the wire like the contracts'.
 """
 
@@ -48,7 +48,7 @@ class GenerationCreate(create_model(  # type: ignore[misc]
 
 
 class TrainingCreate(_Schema):
-    """A training job (SPEC.md 3.1) by storage keys, for ``PUT /v1/jobs/{id}`` (uploads: POST /v1/trainings)."""
+    """A training job (docs/contracts.md) by storage keys, for ``PUT /v1/jobs/{id}`` (uploads: POST /v1/trainings)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True,
@@ -142,7 +142,7 @@ class JobPublic(_Schema):
     updated_at: datetime | None = None
     progress: ProgressPublic | None = None
     cancel_requested: bool = False
-    request: dict[str, Any] = Field(default_factory=dict, description="the job as published (SPEC.md 3.1/3.3)")
+    request: dict[str, Any] = Field(default_factory=dict, description="the job as published (docs/contracts.md)")
     result: JobResult | None = None
     error: ErrorPublic | None = None
     links: JobLinks

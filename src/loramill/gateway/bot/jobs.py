@@ -64,7 +64,7 @@ def request_key(chat_id: int, message_id: int) -> str:
 
 def submit_generation(svc: BotServices, user_id: str, chat_id: int, prompt: str, key: str,
                       lora: LoraRecord | None = None) -> Queued:
-    """Queue a Prompt2Pic generation (SPEC.md 3.3), with ``lora`` (their avatar) when given."""
+    """Queue a Prompt2Pic generation (docs/contracts.md), with ``lora`` (their avatar) when given."""
     s, who = svc.settings, Principal(user_id)
     if lora is not None and lora.trigger_word and lora.trigger_word.lower() not in prompt.lower():
         prompt = f"{lora.trigger_word}, {prompt}"  # the LoRA learned the subject under its trigger word
@@ -76,7 +76,7 @@ def submit_generation(svc: BotServices, user_id: str, chat_id: int, prompt: str,
 
 
 def submit_training(svc: BotServices, user_id: str, chat_id: int, photos: list[bytes], key: str) -> Queued:
-    """Queue Selfix's avatar training (SPEC.md 3.1, face mode) on the person's photos."""
+    """Queue Selfix's avatar training (docs/contracts.md; face mode) on the person's photos."""
     gateway, s, who = svc.gateway, svc.settings, Principal(user_id)
     checked = [check_image(data, i, None, gateway.settings) for i, data in enumerate(photos)]
     options = {"subjectType": "face", "baseModel": s.base_model, "epochs": s.train_epochs,

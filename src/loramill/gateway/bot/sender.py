@@ -1,7 +1,7 @@
 """The bot's outbound pacing: every message it sends keeps within Telegram's limits.
 
 Telegram allows about one message a second per chat and thirty a second overall; above that it
-answers 429 with ``retry_after`` (SPEC.md 5, item 11). ``Sender`` sits in the bot session's request
+answers 429 with ``retry_after``. ``Sender`` sits in the bot session's request
 pipeline, so handler replies and delivered results alike wait their turn: messages to one chat go
 one at a time, in order, at least ``per_chat_interval`` apart; then each takes a slot of a global
 sliding window that lets at most ``global_rate`` messages out in any second. A 429 holds that chat
