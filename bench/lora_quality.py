@@ -28,7 +28,7 @@ from bench.common import Result, workdir
 
 TRIGGER = "sks"
 IMAGES = 5
-EVAL_EVERY = 50
+EVAL_EVERY = 100
 # How the training images are captioned: the trigger as the new shape's noun, or in front of a caption
 # that names the (unknown to the base) shape.
 SCHEMES = {
@@ -59,11 +59,12 @@ class Recipe:
 
 
 CENTRE = Recipe()
+# One change at a time around the centre; the steps axis comes from each run's own evaluations (every
+# EVAL_EVERY steps), and the centre runs twice as long to extend it.
 SWEEP = [
-    CENTRE,
+    replace(CENTRE, steps=2 * CENTRE.steps),
     replace(CENTRE, rank=4), replace(CENTRE, rank=16),
     replace(CENTRE, lr=5e-4), replace(CENTRE, lr=2e-3),
-    replace(CENTRE, steps=100), replace(CENTRE, steps=400),
     replace(CENTRE, text_encoder=True),
     replace(CENTRE, scheme="prefix"),
     replace(CENTRE, colours=("red", "blue")),
@@ -117,7 +118,8 @@ def train_recipe(model: Path, clip: Path, recipe: Recipe, work: Path, **override
     history = [json.loads(line) for line in (work / "lora.run" / "metrics.jsonl").read_text().splitlines()]
     evaluations = [{"step": h["step"], **h["eval"]} for h in history if "eval" in h]
     return {"recipe": asdict(recipe), "label": recipe.label, "seconds": round(seconds, 1),
-            "final": evaluations[-1], "evaluations": evaluations, "lora": str(result.lora_path)}
+            "final": evaluations[-1] if evaluations else None, "evaluations": evaluations,
+            "lora": str(result.lora_path)}
 
 
 def passes_floors(final: dict[str, float]) -> bool:
@@ -126,11 +128,20 @@ def passes_floors(final: dict[str, float]) -> bool:
             and final["preservation_classifier"] >= PRESERVATION_FLOOR)
 
 
-def frontier(runs: list[dict[str, Any]]) -> list[str]:
-    """Labels of the runs no other run beats on both fidelity and preservation (the Pareto front)."""
-    points = [(r["label"], r["final"]["classifier"], r["final"]["preservation_classifier"]) for r in runs]
-    return [label for label, f, p in points
-            if not any(f2 >= f and p2 >= p and (f2 > f or p2 > p) for _, f2, p2 in points)]
+def points(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every evaluation of every run as a recipe point (its steps are the evaluation's step)."""
+    return [{"label": replace(Recipe(**{**r["recipe"], "colours": tuple(r["recipe"]["colours"])}),
+                              steps=e["step"]).label, "fidelity": e["classifier"],
+             "preservation": e["preservation_classifier"], "clip": e["clip"], "seconds": r["seconds"]}
+            for r in runs for e in r["evaluations"]]
+
+
+def frontier(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both fidelity and preservation (the Pareto front), by fidelity."""
+    front = [p for p in found if not any(q["fidelity"] >= p["fidelity"] and q["preservation"] >= p["preservation"]
+                                         and (q["fidelity"] > p["fidelity"] or q["preservation"] > p["preservation"])
+                                         for q in found)]
+    return sorted(front, key=lambda p: -p["fidelity"])
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -182,9 +193,10 @@ def layouts_agree(model: Path, clip: Path, recipe: Recipe, work: Path) -> dict[s
     from loramill.engine.training.data import load_examples
 
     family = get_family("sd15")
-    scores = {}
+    scores, seconds = {}, []
     for layout in ("kohya", "diffusers"):
         run = train_recipe(model, clip, recipe, work / layout, format=layout, eval_every=0)
+        seconds.append(run["seconds"])
         pipe = family.load_pipeline(str(model))
         pipe.load_lora_weights(run["lora"])
         references = load_examples(str(work / layout / "images"), trigger=TRIGGER, resolution=64, multiple=8)
@@ -192,7 +204,8 @@ def layouts_agree(model: Path, clip: Path, recipe: Recipe, work: Path) -> dict[s
                                         render=RenderSettings(steps=20, side=64, seeds=(0, 1)))
         scores[layout] = Evaluator(pipe, family, config).evaluate().metrics
     diff = max(abs(scores["kohya"][k] - scores["diffusers"][k]) for k in scores["kohya"])
-    return {"kohya": scores["kohya"], "diffusers": scores["diffusers"], "max_abs_difference": diff}
+    return {"kohya": scores["kohya"], "diffusers": scores["diffusers"], "max_abs_difference": diff,
+            "seconds": min(seconds)}
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -202,16 +215,19 @@ def run(quick: bool = False) -> list[Result]:
     # 1. The sweep (one change at a time around the centre recipe).
     sweep = SWEEP[:3] if quick else SWEEP
     runs = [train_recipe(model, clip, recipe, root / "sweep" / recipe.label.replace(" ", "_")) for recipe in sweep]
-    front = frontier(runs)
+    found = points(runs)
+    front = frontier(found)
     # 2. CLIP vs classifier fidelity over every evaluation of every run.
-    pairs = [(e["clip"], e["classifier"]) for r in runs for e in r["evaluations"]]
-    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    rho = spearman([p["clip"] for p in found], [p["fidelity"] for p in found])
     # 3. The same recipe with the training target's sign flipped.
     with flipped_target():
         broken = train_recipe(model, clip, CENTRE, root / "flipped")
     # 4. Both layouts after export and reload.
     layouts = layouts_agree(model, clip, CENTRE, root / "layouts")
-    centre = runs[0]
+    # the centre recipe is the long run's evaluation at CENTRE.steps; its time without evaluation is the
+    # layouts check's (the same recipe, eval_every=0)
+    centre = {"label": CENTRE.label, "seconds": layouts["seconds"],
+              "final": next(e for e in runs[0]["evaluations"] if e["step"] == CENTRE.steps)}
     results = [
         Result("new concept: fidelity (classifier)", "share of trigger renders read as a star",
                centre["final"]["classifier_base"], centre["final"]["classifier"], None,
@@ -220,11 +236,10 @@ def run(quick: bool = False) -> list[Result]:
         Result("new concept: preservation (classifier)", "share of base prompts still drawn right with the LoRA",
                centre["final"]["preservation_classifier_base"], centre["final"]["preservation_classifier"], None,
                f">= {PRESERVATION_FLOOR}", centre["final"]["preservation_classifier"] >= PRESERVATION_FLOOR, command),
-        Result("recipe sweep: frontier", "runs on the fidelity/preservation front", None, float(len(front)), None,
-               "-", None, command, details={"frontier": front, "runs": [
-                   {k: r[k] for k in ("label", "seconds", "final")} for r in runs]}),
+        Result("recipe sweep: frontier", "points on the fidelity/preservation front", None, float(len(front)), None,
+               "-", None, command, details={"frontier": front, "points": found}),
         Result("CLIP vs classifier fidelity", "Spearman rank correlation over evaluations", None, round(rho, 3),
-               None, "> 0.5", rho > 0.5, command, details={"pairs": len(pairs)}),
+               None, "> 0.5", rho > 0.5, command, details={"points": len(found)}),
         Result("flipped training target", "fidelity (classifier) of the broken run", None,
                broken["final"]["classifier"], None, "fails the floors", not passes_floors(broken["final"]), command,
                details={"final": broken["final"]}),
