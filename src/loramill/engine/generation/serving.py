@@ -1,0 +1,111 @@
+"""How a resident generator runs on its hardware: precision, memory layout, compiled graphs and samplers.
+
+Each piece is a plain setting with a measured default (docs/performance.md, "CPU generation"):
+``precision`` ``auto`` picks bf16 on CPUs with native bf16 instructions (AVX512-BF16 or AMX) and fp32
+elsewhere; ``channels_last`` reorders conv weights for oneDNN; ``compile`` wraps the denoiser in
+``torch.compile``; ``sampler`` swaps the pipeline's scheduler for a faster solver at fewer steps. The
+functions here are pure decisions plus one ``apply`` that changes a loaded pipeline in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loramill.errors import InvalidInput
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# name → (diffusers scheduler class, extra config): the solvers a request may ask for. "default" keeps the
+# model's own scheduler. DPM-Solver++ (2M) and UniPC reach in ~20 steps what PNDM/DDIM need ~50 for;
+# LCM and TCD are for few-step LoRAs (4–8 steps) and give noise without one.
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("", {}),
+    "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
+}
+FEW_STEP_SAMPLERS = ("lcm", "tcd")
+_CPU_FLAGS = Path("/proc/cpuinfo")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); emulated bf16 is slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = _CPU_FLAGS.read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device, cpuinfo: str | None = None) -> torch.dtype:
+    """The dtype a generator runs in: ``auto`` is fp32 on CPUs without native bf16, bf16 with it; CUDA keeps
+    fp32 here (GPU users choose fp16/bf16 through the model's own dtype)."""
+    if precision not in PRECISIONS:
+        raise InvalidInput(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}",
+                           code="invalid_option", field="precision")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16(cpuinfo):
+        return torch.bfloat16
+    return torch.float32
+
+
+def make_sampler(pipe: Any, name: str) -> Any:
+    """A new scheduler of kind ``name`` built from the pipeline's own scheduler config (its betas, offsets)."""
+    if name not in SAMPLERS:
+        raise InvalidInput(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}",
+                           code="invalid_option", field="sampler")
+    class_name, extra = SAMPLERS[name]
+    if not class_name:
+        return pipe.scheduler
+    if "FlowMatch" in type(pipe.scheduler).__name__:
+        raise InvalidInput(f"sampler {name!r} is for UNet (SD 1.5/SDXL) models; FLUX keeps its flow-matching "
+                           "scheduler", code="invalid_option", field="sampler")
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    return cls.from_config(pipe.scheduler.config, **extra)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How a resident generator is prepared once, when it loads."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InvalidInput(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}",
+                               code="invalid_option", field="precision")
+
+
+def apply(pipe: Any, settings: ServingSettings, device: torch.device) -> torch.dtype:
+    """Prepare a loaded pipeline in place as ``settings`` say; returns the dtype it now runs in."""
+    dtype = resolve_precision(settings.precision, device)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if settings.channels_last:
+        for name in ("unet", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if settings.compile and denoiser is not None:
+        # Compiled once per input shape; a new size or batch recompiles (guarded by dynamo's cache).
+        denoiser.forward = torch.compile(denoiser.forward, dynamic=False)
+    return dtype

@@ -1,0 +1,53 @@
+"""Serving settings: bf16 only where the CPU has it, samplers built from the model's own config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loramill.engine.families import get_family
+from loramill.engine.generation.serving import (
+    SAMPLERS,
+    ServingSettings,
+    cpu_has_native_bf16,
+    make_sampler,
+    resolve_precision,
+)
+from loramill.errors import InvalidInput
+
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+
+
+def test_resolve_precision_auto_takes_bf16_only_with_native_instructions():
+    cpu = torch.device("cpu")
+    assert cpu_has_native_bf16(ZEN4) and not cpu_has_native_bf16(SKYLAKE)
+    assert resolve_precision("auto", cpu, ZEN4) == torch.bfloat16
+    assert resolve_precision("auto", cpu, SKYLAKE) == torch.float32
+    assert resolve_precision("fp32", cpu, ZEN4) == torch.float32
+    assert resolve_precision("bf16", cpu, SKYLAKE) == torch.bfloat16
+
+
+def test_unknown_precision_and_sampler_name_the_field():
+    with pytest.raises(InvalidInput, match="choose one of: auto, fp32, bf16") as err:
+        ServingSettings(precision="fp8")
+    assert err.value.field == "precision"
+    with pytest.raises(InvalidInput, match="unknown sampler") as err:
+        make_sampler(object(), "heun9000")
+    assert err.value.field == "sampler"
+
+
+def test_make_sampler_keeps_the_models_noise_schedule(tiny_models):
+    pipe = get_family("sd15").load_pipeline(str(tiny_models["sd15"]))
+    assert make_sampler(pipe, "default") is pipe.scheduler
+    for name in set(SAMPLERS) - {"default"}:
+        sampler = make_sampler(pipe, name)
+        assert sampler.config.beta_schedule == pipe.scheduler.config.beta_schedule
+        assert sampler.config.beta_end == pipe.scheduler.config.beta_end
+    assert make_sampler(pipe, "dpmpp").config.algorithm_type == "dpmsolver++"
+
+
+def test_make_sampler_refuses_unet_solvers_on_flux(tiny_models):
+    pipe = get_family("flux").load_pipeline(str(tiny_models["flux"]))
+    with pytest.raises(InvalidInput, match="FLUX keeps its flow-matching scheduler"):
+        make_sampler(pipe, "dpmpp")
