@@ -128,8 +128,31 @@ def build_flux():
                         tokenizer=tok1, text_encoder_2=te2, tokenizer_2=tok2, transformer=transformer)
 
 
-BUILDERS: dict[str, Callable] = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}
-SIZES: dict[str, tuple[str, ...]] = {"default": ("sd15", "sdxl", "flux"), "larger": ("sd15",)}
+def build_wuerstchen():
+    from diffusers import DDPMWuerstchenScheduler, WuerstchenCombinedPipeline
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel, WuerstchenDiffNeXt, WuerstchenPrior
+
+    # Würstchen v2's three stages at a few ten thousand parameters each: the text-conditioned prior (stage C,
+    # 16-channel latent), the decoder (stage B, conditioned on the prior's latent through its effnet
+    # mappers) and the Paella VQ-GAN (stage A). The decoder's blocks follow the real level layout ("CT",
+    # then "CTA" levels with cross-attention and effnet injection).
+    tokenizer, prior_tokenizer = clip_tokenizer(), clip_tokenizer()
+    prior = WuerstchenPrior(c_in=16, c=32, c_cond=32, c_r=8, depth=2, nhead=2, dropout=0.0)
+    decoder = WuerstchenDiffNeXt(c_in=4, c_out=4, c_r=8, patch_size=2, c_cond=32, c_hidden=[16, 32],
+                                 nhead=[-1, 2], blocks=[1, 1], level_config=["CT", "CTA"],
+                                 inject_effnet=[False, True], effnet_embd=16, clip_embd=32, dropout=0.0)
+    vqgan = PaellaVQModel(levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4, num_vq_embeddings=64)
+    return WuerstchenCombinedPipeline(
+        tokenizer=tokenizer, text_encoder=_clip_text_encoder(len(tokenizer), 32), decoder=decoder,
+        scheduler=DDPMWuerstchenScheduler(), vqgan=vqgan, prior_tokenizer=prior_tokenizer,
+        prior_text_encoder=_clip_text_encoder(len(prior_tokenizer), 32), prior_prior=prior,
+        prior_scheduler=DDPMWuerstchenScheduler(),
+    )
+
+
+BUILDERS: dict[str, Callable] = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux,
+                                 "wuerstchen": build_wuerstchen}
+SIZES: dict[str, tuple[str, ...]] = {"default": ("sd15", "sdxl", "flux", "wuerstchen"), "larger": ("sd15",)}
 
 
 def write_tiny_model(family: str, out_dir: Path | str, seed: int = 0, size: str = "default") -> Path:
