@@ -83,6 +83,13 @@ class WorkerSettings(BaseSettings):
     generation_target_seconds: float | None = Field(
         None, gt=0, description="latency a generation job should meet; when the queue would make it late, "
                                 "jobs get fewer steps, then smaller images (Prompt2Pic). Unset: always as asked")
+    few_step_lora: str | None = Field(
+        None, description="a few-step LoRA (LCM, TCD, Hyper-SD) for the base model's family: with "
+                          "LORAMILL_GENERATION_TARGET_SECONDS, the cheapest quality level renders 4 steps with it")
+    generation_precision: str = Field("fp32", description="auto, fp32 or bf16: the resident generator's "
+                                      "precision (auto: bf16 on CPUs with native bf16, see docs/performance.md)")
+    generation_channels_last: bool = Field(False, description="channels-last memory layout for the UNet and VAE")
+    generation_compile: bool = Field(False, description="torch.compile the denoiser (compiled once per image size)")
     # The same LORAMILL_WORKERS as `loramill serve --workers` (0 there means API only), so 0 is valid here.
     workers: int = Field(1, ge=0, description="workers sharing the queue (for the load policy's wait estimate)")
     lora_cache_size: int = Field(8, ge=1, description="LoRAs kept loaded on a resident pipeline (also the most "

@@ -70,15 +70,24 @@ class Worker:
         self.broker = broker
         self.store = store
         self.storage = storage
-        self.models = models or ResidentModels(lora_cache_size=settings.lora_cache_size)
+        if models is None:
+            from loramill.engine.generation.serving import ServingSettings
+
+            serving = ServingSettings(precision=settings.generation_precision,
+                                      channels_last=settings.generation_channels_last,
+                                      compile=settings.generation_compile)
+            models = ResidentModels(lora_cache_size=settings.lora_cache_size, serving=serving)
+        self.models = models
         self.shutdown = threading.Event()
         self.recorder = JobRecorder(store, broker, storage, settings.retry_policy, self.shutdown.is_set,
                                     progress_topic=settings.progress_topic)
         self.load_policy: LoadPolicy | None = None
         if settings.generation_target_seconds is not None:
-            from loramill.engine.generation.quality import LoadPolicy
+            from loramill.engine.generation.quality import LoadPolicy, few_step_family, levels_for
 
-            self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=max(1, settings.workers))
+            levels = levels_for(settings.few_step_lora, few_step_family(settings.few_step_lora))
+            self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=max(1, settings.workers),
+                                          levels=levels)
         self._running: set[str] = set()  # task ids being handled now
         self.batcher = GenerationBatcher(max_images=settings.generation_batch,
                                          max_overtaken=settings.generation_max_overtaken)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +52,21 @@ def test_wuerstchen_refuses_training_by_name():
 def test_wuerstchen_needs_a_folder(tmp_path):
     with pytest.raises(InvalidInput, match="diffusers folder with model_index.json"):
         wuerstchen.load_pipeline(str(tmp_path / "missing"))
+
+
+def test_generator_counts_prior_and_decoder_steps_and_never_batches_two_prompts(tiny_wuerstchen):
+    from loramill.engine.generation.generate import Generator
+    from loramill.engine.generation.request import GenerateRequest, LoraRef
+
+    generator = Generator(str(tiny_wuerstchen))
+    assert generator.family_name == "wuerstchen" and generator.adapters is None
+    seen = []
+    images = generator.generate(GenerateRequest("a red circle", steps=3, width=128, height=128),
+                                progress=lambda p: seen.append((p.step, p.total)))
+    assert images[0].image.size == (128, 128)
+    total = 3 + wuerstchen.DECODER_STEPS
+    assert seen[-1] == (total, total) and len(seen) == total
+    two = [generator.plan(GenerateRequest(p, steps=3, width=128, height=128)) for p in ("a red circle", "a cat")]
+    assert not generator.can_batch(two)  # diffusers' Würstchen decoder mixes up batches of prompts
+    with pytest.raises(InvalidInput, match="loras: model .* is not SD 1.5, SDXL or FLUX.1"):
+        generator.plan(GenerateRequest("a cat", loras=[LoraRef(path=Path("x.safetensors"))]))

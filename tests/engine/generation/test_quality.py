@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from loramill.engine.generation.quality import (
@@ -16,7 +14,10 @@ from loramill.engine.generation.quality import (
     choose_level,
     degrade_request,
     expected_wait,
+    level_request,
+    levels_for,
 )
+from loramill.engine.generation.request import GenerateRequest, LoraRef
 
 
 def test_choose_level_full_quality_when_idle() -> None:
@@ -65,16 +66,8 @@ def test_expected_wait_shares_queue_between_workers() -> None:
     assert expected_wait(-1, 2.0) == 0.0
 
 
-@dataclass
-class _Request:
-    prompt: str
-    steps: int | None = None
-    width: int | None = None
-    height: int | None = None
-
-
 def test_degrade_request_fills_model_defaults_and_leaves_full_alone() -> None:
-    request = _Request("a dog")
+    request = GenerateRequest("a dog")
     assert degrade_request(request, FULL, default_steps=20, default_size=64) is request
     degraded = degrade_request(request, DEFAULT_LEVELS[3], default_steps=20, default_size=128)
     assert (degraded.steps, degraded.width, degraded.height) == (8, 96, 96)
@@ -107,3 +100,32 @@ def test_load_policy_counts_time_already_waited() -> None:
 
 def test_load_policy_without_target_is_off() -> None:
     assert LoadPolicy(None).level_for(10_000) == FULL
+
+
+def test_serving_levels_get_cheaper_in_order() -> None:
+    costs = [level.cost for level in levels_for()]
+    assert costs == sorted(costs, reverse=True) and costs[0] == 1.0
+    assert [level.name for level in levels_for("lcm.safetensors", "sd15")][-1] == "few-step"
+
+
+def test_level_request_uses_solver_and_deep_cache_on_unet_models_only() -> None:
+    faster = {level.name: level for level in levels_for()}["faster"]
+    on_sd15 = level_request(GenerateRequest("a dog"), faster, "sd15")
+    assert (on_sd15.steps, on_sd15.sampler, on_sd15.deep_cache) == (12, "dpmpp", 2)  # 40% of SD 1.5's 30
+    on_flux = level_request(GenerateRequest("a dog"), faster, "flux")
+    assert (on_flux.sampler, on_flux.deep_cache) == ("default", 1)
+    # A solver the user chose is kept; full quality is the request itself.
+    assert level_request(GenerateRequest("a dog", sampler="unipc"), faster, "sd15").sampler == "unipc"
+    request = GenerateRequest("a dog")
+    assert level_request(request, FULL, "sd15") is request
+
+
+def test_few_step_level_adds_its_lora_only_on_its_family(tmp_path) -> None:
+    few = levels_for(tmp_path / "lcm.safetensors", "sd15")[-1]
+    mine = LoraRef(path=tmp_path / "mine.safetensors", weight=0.8)
+    on_sd15 = level_request(GenerateRequest("a dog", loras=[mine], steps=30), few, "sd15")
+    assert (on_sd15.steps, on_sd15.guidance, on_sd15.sampler) == (4, 1.0, "lcm")
+    assert [lora.path.name for lora in on_sd15.loras] == ["mine.safetensors", "lcm.safetensors"]
+    # On another family the level renders like "fastest" with DPM-Solver++ and no foreign LoRA.
+    on_sdxl = level_request(GenerateRequest("a dog", loras=[mine], steps=30), few, "sdxl")
+    assert (on_sdxl.steps, on_sdxl.sampler, len(on_sdxl.loras)) == (12, "dpmpp", 1)

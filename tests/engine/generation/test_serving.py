@@ -51,3 +51,18 @@ def test_make_sampler_refuses_unet_solvers_on_flux(tiny_models):
     pipe = get_family("flux").load_pipeline(str(tiny_models["flux"]))
     with pytest.raises(InvalidInput, match="FLUX keeps its flow-matching scheduler"):
         make_sampler(pipe, "dpmpp")
+
+
+def test_generator_runs_a_request_with_its_sampler_and_deep_cache_then_restores_the_scheduler(tiny_models):
+    from loramill.engine.generation.generate import Generator
+    from loramill.engine.generation.request import GenerateRequest
+
+    generator = Generator(str(tiny_models["sd15"]))
+    own = generator.pipe.scheduler
+    plain = GenerateRequest("a red circle", steps=6, width=64, height=64)
+    fast = GenerateRequest("a red circle", steps=6, width=64, height=64, sampler="dpmpp", deep_cache=2)
+    assert generator.plan(plain).batch_key != generator.plan(fast).batch_key  # never one run together
+    image = generator.generate(fast)[0]
+    assert "Sampler: dpmpp" in image.parameters and "DeepCache interval: 2" in image.parameters
+    assert generator.pipe.scheduler is own
+    assert "Sampler" not in generator.generate(plain)[0].parameters

@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "sd15": "loramill.engine.families.sd15",
     "sdxl": "loramill.engine.families.sdxl",
     "flux": "loramill.engine.families.flux",
+    "wuerstchen": "loramill.engine.families.wuerstchen",
 }
 
 
@@ -33,8 +34,8 @@ def get_family(name: str) -> FamilyModule:
 def detect_family(source: str, hint: str | None = None) -> str | None:
     """The family of a model: ``hint`` if given, else from its model_index.json; ``None`` if other/unknown.
 
-    A folder of another diffusers pipeline (Würstchen, Stable Cascade, …) returns ``None``: it can
-    generate through diffusers' auto pipelines but not train here.
+    A folder of another diffusers pipeline (Stable Cascade, PixArt, …) returns ``None``: it can generate
+    through diffusers' auto pipelines but not train here.
     """
     if hint:
         get_family(hint)

@@ -1,7 +1,7 @@
 """What every model family module offers, and the shared loading logic.
 
 A family module (``sd15.py``, ``sdxl.py``, ``flux.py``) defines the same names, so knowing one means
-knowing all (peft's rule): ``PIPELINE_CLASS``, ``DENOISER``, ``TEXT_ENCODERS``, ``DEFAULT_TARGET_MODULES``,
+knowing all (peft's rule): ``PIPELINE_CLASS``, ``TRAINABLE``, ``DENOISER``, ``TEXT_ENCODERS``, ``DEFAULT_TARGET_MODULES``,
 ``TEXT_ENCODER_TARGET_MODULES``, ``KOHYA_PREFIXES``, ``KOHYA_BASE_MODEL_VERSION``, ``RESOLUTION_MULTIPLE``,
 ``DEFAULT_SIZE``, ``DEFAULT_STEPS``, ``DEFAULT_GUIDANCE``, ``load_pipeline``, ``encode_prompts``, ``encode_images``,
 ``add_noise``, ``predict``, ``training_target``, ``generation_kwargs`` and ``claims_lora_keys``. Adding a family
@@ -46,6 +46,7 @@ class Noised:
 
 class FamilyModule(Protocol):
     PIPELINE_CLASS: str
+    TRAINABLE: bool
     DENOISER: str
     TEXT_ENCODERS: tuple[str, ...]
     DEFAULT_TARGET_MODULES: list[str]

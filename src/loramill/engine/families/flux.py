@@ -11,6 +11,7 @@ import torch
 from loramill.engine.families.base import ImageMeta, Noised, load_pipeline_of
 
 PIPELINE_CLASS = "FluxPipeline"
+TRAINABLE = True  # loramill trains LoRAs for it (Würstchen is generation only)
 DENOISER = "transformer"
 TEXT_ENCODERS = ("text_encoder",)  # T5 is never LoRA-trained here: its embeddings are always cached
 # Attention projections of the double- and single-stream blocks: the modules diffusers' FLUX LoRA

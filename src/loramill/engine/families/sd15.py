@@ -9,6 +9,7 @@ import torch
 from loramill.engine.families.base import ImageMeta, Noised, add_noise_ddpm, ddpm_target, load_pipeline_of
 
 PIPELINE_CLASS = "StableDiffusionPipeline"
+TRAINABLE = True  # loramill trains LoRAs for it (Würstchen is generation only)
 DENOISER = "unet"
 TEXT_ENCODERS = ("text_encoder",)
 # The attention projections, as diffusers' and kohya's SD LoRA trainers default to.

@@ -13,6 +13,7 @@ from loramill.engine.families.base import ImageMeta, Noised, load_pipeline_of
 from loramill.engine.families.sd15 import add_noise, encode_images, generation_kwargs  # noqa: F401
 
 PIPELINE_CLASS = "StableDiffusionXLPipeline"
+TRAINABLE = True  # loramill trains LoRAs for it (Würstchen is generation only)
 DENOISER = "unet"
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 DEFAULT_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]

@@ -27,6 +27,7 @@ TEXT_ENCODERS = ("text_encoder", "prior_text_encoder")
 DEFAULT_TARGET_MODULES: list[str] = []
 TEXT_ENCODER_TARGET_MODULES: list[str] = []
 KOHYA_PREFIXES: dict[str, str] = {}
+KOHYA_BASE_MODEL_VERSION = ""
 # The prior's latent is ceil(side / 42.67); the decoder upsamples it by 10.67 and the VQ-GAN by 4, so any
 # multiple of 128 maps back to the same side exactly.
 RESOLUTION_MULTIPLE = 128
@@ -35,6 +36,9 @@ DEFAULT_STEPS = 30  # prior steps; the decoder keeps its own 12 (diffusers' defa
 DEFAULT_GUIDANCE = 4.0  # the prior's classifier-free guidance (diffusers' default)
 DECODER_STEPS = 12
 DECODER_GUIDANCE = 0.0
+# The combined pipeline reports the prior's steps and the decoder's through two callbacks; progress counts both.
+STEP_CALLBACKS = ("prior_callback_on_step_end", "callback_on_step_end")
+EXTRA_STEPS = DECODER_STEPS
 
 # component name → (module, class) for the parts that diffusers no longer resolves from the folder.
 _COMPONENTS: dict[str, tuple[str, str]] = {
@@ -91,13 +95,25 @@ def encode_images(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
     raise not_trainable("training")
 
 
+def add_noise(*args: Any, **kwargs: Any) -> Any:
+    raise not_trainable("training")
+
+
+def predict(*args: Any, **kwargs: Any) -> torch.Tensor:
+    raise not_trainable("training")
+
+
 def training_target(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     raise not_trainable("training")
 
 
+def claims_lora_keys(keys: set[str]) -> bool:
+    return False  # no LoRA file is ever Würstchen's here
+
+
 def generation_kwargs(*, prompt: str | list[str], negative_prompt: str | list[str], steps: int, guidance: float,
                       width: int, height: int, num_images: int,
-                      generator: torch.Generator | list[torch.Generator]) -> dict[str, Any]:
+                      generator: torch.Generator | list[torch.Generator], pipe: Any = None) -> dict[str, Any]:
     """``steps`` and ``guidance`` drive the prior (where the image is decided); the decoder keeps its defaults."""
     return dict(prompt=prompt, negative_prompt=negative_prompt or None, prior_num_inference_steps=steps,
                 prior_guidance_scale=guidance, num_inference_steps=DECODER_STEPS,

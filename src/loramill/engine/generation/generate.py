@@ -13,10 +13,13 @@ from PIL import Image
 
 from loramill import __version__
 from loramill.engine.families import detect_family, get_family
+from loramill.engine.generation.deepcache import deep_cache
 from loramill.engine.generation.loras import AdapterCache, LoraRef, distinct_weights
 from loramill.engine.generation.mixed import per_image_loras
 from loramill.engine.generation.png import parameters_text, save_png
 from loramill.engine.generation.request import GenerateRequest
+from loramill.engine.generation.serving import ServingSettings, make_sampler
+from loramill.engine.generation.serving import apply as apply_serving
 from loramill.engine.generation.tags import extract_lora_tags, resolve_tag
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
 from loramill.errors import InvalidInput, OutOfMemory
@@ -35,12 +38,17 @@ class Plan:
     height: int
     seed: int
     num_images: int
+    sampler: str = "default"
+    deep_cache: int = 1
+    shared_prompt_only: bool = False  # the family cannot batch different prompts (Würstchen)
 
     @property
     def settings_key(self) -> tuple[object, ...]:
-        """What every image of one denoising run shares: steps, guidance and size (prompts and seeds may
-        differ; with or without a negative prompt, FLUX runs differently)."""
-        return (self.steps, self.guidance, self.width, self.height, bool(self.negative_prompt))
+        """What every image of one denoising run shares: steps, guidance, size, sampler and cache (prompts and
+        seeds may differ; with or without a negative prompt, FLUX runs differently)."""
+        key = (self.steps, self.guidance, self.width, self.height, bool(self.negative_prompt), self.sampler,
+               self.deep_cache)
+        return (*key, self.prompt, self.negative_prompt) if self.shared_prompt_only else key
 
     @property
     def batch_key(self) -> tuple[object, ...]:
@@ -58,7 +66,8 @@ class GeneratedImage:
 class Generator:
     """A base model kept loaded, generating with whatever LoRAs each request asks for."""
 
-    def __init__(self, model: str, *, family: str | None = None, pipe: Any = None, max_resident_loras: int = 4):
+    def __init__(self, model: str, *, family: str | None = None, pipe: Any = None, max_resident_loras: int = 4,
+                 serving: ServingSettings | None = None):
         self.model = model
         self.family_name = detect_family(model, family)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,8 +75,11 @@ class Generator:
             pipe = self._load(model)
         self.pipe = pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        # Precision, memory layout and compiled graphs are chosen once, when the model becomes resident.
+        self.dtype = apply_serving(self.pipe, serving or ServingSettings(), self.device)
+        trainable = self.family_name is not None and get_family(self.family_name).TRAINABLE
         self.adapters = (AdapterCache(self.pipe, self.family_name, max_resident=max_resident_loras)
-                         if self.family_name else None)
+                         if trainable and self.family_name else None)
 
     def _load(self, model: str) -> Any:
         if self.family_name is None:
@@ -87,8 +99,10 @@ class Generator:
         if not prompt:
             raise InvalidInput("prompt: holds only <lora:…> tags; add a description of the image", field="prompt")
         if loras and self.adapters is None:
-            raise InvalidInput(f"loras: model {self.model} is not SD 1.5, SDXL or FLUX.1; LoRAs cannot be applied "
-                               "to it", field="loras")
+            raise InvalidInput(f"loras: model {self.model} is not SD 1.5, SDXL or FLUX.1 (loramill's LoRAs are "
+                               "trained for those); generate with it without LoRAs", field="loras")
+        if self.family_name:
+            request.check_family(self.family_name)  # sampler and DeepCache need a UNet
         # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
         family = get_family(self.family_name) if self.family_name else None
         multiple = family.RESOLUTION_MULTIPLE if family else 8
@@ -99,13 +113,18 @@ class Generator:
                         family.DEFAULT_GUIDANCE if family else 5.0),
                     width=(request.width or default) // multiple * multiple,
                     height=(request.height or default) // multiple * multiple,
-                    seed=request.seed, num_images=request.num_images)
+                    seed=request.seed, num_images=request.num_images, sampler=request.sampler,
+                    deep_cache=request.deep_cache,
+                    shared_prompt_only=bool(family and getattr(family, "EXTRA_STEPS", 0)))
 
     @property
     def denoiser(self) -> Any:
-        """The UNet (SD 1.5, SDXL) or transformer (FLUX) of the pipeline."""
-        unet = getattr(self.pipe, "unet", None)
-        return unet if unet is not None else self.pipe.transformer
+        """The UNet (SD 1.5, SDXL), transformer (FLUX) or prior (Würstchen) of the pipeline."""
+        for name in ("unet", "transformer", "prior_prior"):
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                return module
+        raise AttributeError(f"{type(self.pipe).__name__} has no denoiser loramill knows")
 
     def batch_key(self, plan: Plan) -> tuple[object, ...]:
         """Plans with equal keys may share a denoising run (``can_batch`` has the last word).
@@ -178,7 +197,17 @@ class Generator:
                           num_images_per_prompt=per_prompt, generator=generators)
 
         # 3. Denoise, reporting each step; a callback may stop the run (cancel).
+        # Würstchen runs a prior and then a decoder, each with its own callback; their steps add up.
+        extra = getattr(family, "EXTRA_STEPS", 0) if family is not None else 0
+        stages = getattr(family, "STEP_CALLBACKS", ("callback_on_step_end",)) if family is not None else (
+            "callback_on_step_end",)
+        done = [0]
+
         def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if extra:
+                done[0] += 1
+                progress(Progress("generate", min(done[0], first.steps + extra), first.steps + extra))
+                return {}
             # Some schedulers run more timesteps than asked (PNDM adds one): progress is counted in the
             # steps the user asked for, the real timesteps scaled onto them, so the last one reads n/n.
             timesteps = max(int(getattr(pipe, "num_timesteps", first.steps) or first.steps), i + 1)
@@ -187,10 +216,14 @@ class Generator:
             return {}
 
         started = time.monotonic()
+        own_scheduler = getattr(self.pipe, "scheduler", None)
         try:
             mixed = per_image_loras(self.denoiser, per_image) if per_image else nullcontext()
-            with torch.inference_mode(), mixed:
-                images = self.pipe(**kwargs, callback_on_step_end=on_step).images
+            if first.sampler != "default":
+                self.pipe.scheduler = make_sampler(self.pipe, first.sampler)  # for this run only
+            cached = deep_cache(self.denoiser, first.deep_cache) if first.deep_cache > 1 else nullcontext()
+            with torch.inference_mode(), mixed, cached:
+                images = self.pipe(**kwargs, **{name: on_step for name in stages}).images
         except StopRequested:
             raise
         except (ValueError, RuntimeError) as exc:
@@ -201,6 +234,9 @@ class Generator:
                                   f"{first.width}x{first.height}; ask for fewer images or a smaller size "
                                   f"({str(exc).splitlines()[0][:200]})") from exc
             raise InvalidInput(f"generation failed for these settings: {exc}", code="generation_failed") from exc
+        finally:
+            if own_scheduler is not None:
+                self.pipe.scheduler = own_scheduler
         elapsed = time.monotonic() - started
 
         # 4. Each image with the A1111 parameters that reproduce it alone (its plan's seed + i).
@@ -214,6 +250,10 @@ class Generator:
                             "Size": f"{p.width}x{p.height}", "Model": Path(self.model).name,
                             "Model family": self.family_name or "other", "Lora": lora_note,
                             "Time taken": f"{elapsed:.2f}s", "Version": f"loramill {__version__}"}
+                if p.sampler != "default":
+                    settings["Sampler"] = p.sampler
+                if p.deep_cache > 1:
+                    settings["DeepCache interval"] = p.deep_cache
                 mine.append(GeneratedImage(next(it), p.seed + i,
                                            parameters_text(p.prompt, p.negative_prompt, settings)))
             results.append(mine)

@@ -1,36 +1,60 @@
-"""Quality against speed by load (Prompt2Pic): fewer steps, then a smaller image, as the expected wait grows.
+"""Quality against speed by load (Prompt2Pic): cheaper renders as the expected wait grows.
 
 An idle worker renders every job as asked. When the queue ahead would push a job past its latency
 target, the job is rendered at the best level that still meets the target if the jobs ahead are
 rendered the same way — so under a burst everybody gets a slightly cheaper image in time instead of
 the last ones getting a perfect image far too late. The level is chosen by a pure function of the
 expected wait; the caller records it on the job and shows it in the result.
+
+A level is a share of the steps and of the side length, and on UNet models (SD 1.5, SDXL) also a faster
+solver (DPM-Solver++), DeepCache, and — where the worker has one — a few-step LoRA (LCM, TCD, Hyper-SD)
+loaded beside the user's at 4 steps. ``level_request`` applies what fits the model and ignores the rest,
+so one policy serves every family. What each level costs in quality is measured in bench/generation.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from loramill.engine.generation.serving import FEW_STEP_SAMPLERS, UNET_FAMILIES
+
+# A DeepCache step between full ones, relative to a full step (the first down and last up block at full
+# resolution): the initial guess of the cost model; the policy replaces it with measured times.
+DEEP_CACHE_STEP_SHARE = 0.35
+TYPICAL_STEPS = 30  # for the cost guess of a level with a fixed step count
 
 
 @dataclass(frozen=True)
 class QualityLevel:
-    """How much of the requested work a job gets: a share of its steps and of its side length."""
+    """How much of the requested work a job gets: a share of its steps and of its side length, and on UNet
+    models the solver, the DeepCache interval and a few-step LoRA."""
 
     name: str
     steps_factor: float = 1.0
     resolution_factor: float = 1.0
+    sampler: str | None = None  # UNet models: switch to this solver (None: the request's own)
+    deep_cache: int = 1  # UNet models: DeepCache interval (1: off)
+    fixed_steps: int | None = None  # with a few-step LoRA: exactly this many steps
+    guidance: float | None = None  # with a few-step LoRA: the guidance it was distilled for
+    few_step_lora: Path | None = None  # an LCM/TCD/Hyper LoRA; without one (or for another family) the
+    few_step_family: str | None = None  # level falls back to its step and resolution factors
 
     def __post_init__(self) -> None:
         if not 0 < self.steps_factor <= 1 or not 0 < self.resolution_factor <= 1:
             raise ValueError(f"quality level {self.name!r}: factors must be in (0, 1], got steps "
                              f"{self.steps_factor} and resolution {self.resolution_factor}")
+        if self.deep_cache < 1:
+            raise ValueError(f"quality level {self.name!r}: deep_cache is an interval ≥ 1, got {self.deep_cache}")
 
     @property
     def cost(self) -> float:
         """Expected time relative to full quality: steps × pixels (denoising dominates a generation)."""
-        return self.steps_factor * self.resolution_factor ** 2
+        steps = self.fixed_steps / TYPICAL_STEPS if self.few_step_lora and self.fixed_steps else self.steps_factor
+        n = self.deep_cache
+        return min(1.0, steps) * self.resolution_factor ** 2 * (1 + (n - 1) * DEEP_CACHE_STEP_SHARE) / n
 
 
 FULL = QualityLevel("full")
@@ -42,6 +66,33 @@ DEFAULT_LEVELS: tuple[QualityLevel, ...] = (
     QualityLevel("fastest", steps_factor=0.4, resolution_factor=0.75),
 )
 STEPS_ONLY_LEVELS: tuple[QualityLevel, ...] = DEFAULT_LEVELS[:3]
+# With the UNet tricks: DPM-Solver++ keeps the image at fewer steps, DeepCache skips the deep blocks.
+SERVING_LEVELS: tuple[QualityLevel, ...] = (
+    FULL,
+    QualityLevel("fast", steps_factor=0.6, sampler="dpmpp"),
+    QualityLevel("faster", steps_factor=0.4, sampler="dpmpp", deep_cache=2),
+    QualityLevel("fastest", steps_factor=0.4, resolution_factor=0.75, sampler="dpmpp", deep_cache=3),
+)
+
+
+def few_step_family(path: str | Path | None) -> str | None:
+    """The family a few-step LoRA is for (its metadata or its keys; unmarked UNet keys are SD 1.5's)."""
+    if not path:
+        return None
+    from loramill.engine.lora.files import read_lora
+
+    return read_lora(path).family or "sd15"
+
+
+def levels_for(few_step_lora: str | Path | None = None, few_step_family: str | None = None
+               ) -> tuple[QualityLevel, ...]:
+    """The policy's levels: ``SERVING_LEVELS``, plus a 4-step level when the worker has a few-step LoRA
+    (for ``few_step_family``; on other models that level renders like "fastest")."""
+    if not few_step_lora:
+        return SERVING_LEVELS
+    few = QualityLevel("few-step", steps_factor=0.4, resolution_factor=0.75, sampler="lcm", fixed_steps=4,
+                       guidance=1.0, few_step_lora=Path(few_step_lora), few_step_family=few_step_family)
+    return (*SERVING_LEVELS, few)
 
 
 def expected_wait(jobs_ahead: int, seconds_per_job: float, workers: int = 1) -> float:
@@ -88,6 +139,34 @@ def degrade_request(request: Any, level: QualityLevel, *, default_steps: int, de
     steps, width, height = apply_level(request.steps or default_steps, request.width or default_size,
                                        request.height or default_size, level, multiple)
     return request.model_copy(update={"steps": steps, "width": width, "height": height})
+
+
+def level_request(request: Any, level: QualityLevel, family_name: str | None) -> Any:
+    """A copy of a ``GenerateRequest`` rendered at ``level`` on a model of ``family_name``: steps and size
+    always, the solver and DeepCache on UNet models, the few-step LoRA on models of its family."""
+    from loramill.engine.families import get_family
+    from loramill.engine.generation.request import LoraRef
+
+    if level is FULL or (level.cost >= 1 and level.sampler is None):
+        return request
+    family = get_family(family_name) if family_name else None
+    few_step = level.few_step_lora is not None and family_name == level.few_step_family
+    if few_step:  # the LoRA decides the step count and the guidance; the user's LoRAs stay
+        update: dict[str, Any] = {"steps": level.fixed_steps, "guidance": level.guidance,
+                                  "loras": [*request.loras, LoraRef(path=level.few_step_lora, weight=1.0)]}
+        degraded = request.model_copy(update=update)
+    else:
+        degraded = degrade_request(request, level, default_steps=family.DEFAULT_STEPS if family else 30,
+                                   default_size=family.DEFAULT_SIZE if family else 512,
+                                   multiple=family.RESOLUTION_MULTIPLE if family else 8)
+    if family_name not in UNET_FAMILIES:
+        return degraded
+    # Without its LoRA a few-step solver gives noise: the fallback keeps DPM-Solver++.
+    sampler = level.sampler if few_step or level.sampler not in FEW_STEP_SAMPLERS else "dpmpp"
+    update = {"deep_cache": max(level.deep_cache, request.deep_cache)}
+    if sampler and request.sampler == "default":
+        update["sampler"] = sampler
+    return degraded.model_copy(update=update)
 
 
 class LoadPolicy:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict
 
+from loramill.engine.generation.serving import SAMPLERS, UNET_FAMILIES
 from loramill.engine.options import NegativePrompt, Prompt, Spec, WireCap, option
 
 
@@ -48,3 +49,11 @@ class GenerateRequest(Spec):
     seed: int = option(0, ge=0, le=2**32 - 1, wire="seed", help="seed of the first image; image n uses seed + n")
     num_images: int = option(1, ge=1, le=16, wire="numImages", help="images to generate",
                              wire_cap=WireCap(le=8, reason=_SHARED_GPU))
+    sampler: str = option("default", choices=SAMPLERS, wire="sampler", families=UNET_FAMILIES,
+                          why="FLUX and Würstchen keep their own schedulers",
+                          help="the solver: default (the model's own), dpmpp (DPM-Solver++ 2M: ~20 steps do what "
+                               "PNDM/DDIM need ~50 for), unipc, euler; lcm or tcd only with a few-step LoRA")
+    deep_cache: int = option(1, ge=1, le=10, wire="deepCache", families=UNET_FAMILIES,
+                             why="DeepCache needs a UNet's skip connections",
+                             help="run the UNet's deep blocks every N-th step and reuse them between (DeepCache); "
+                                  "1 = off, 2-3 trade a little detail for speed")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from loramill.errors import InvalidInput
+
+if TYPE_CHECKING:  # the request spec reads SAMPLERS; services that only check jobs do not load torch
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # name → (diffusers scheduler class, extra config): the solvers a request may ask for. "default" keeps the
@@ -30,6 +31,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tcd": ("TCDScheduler", {}),
 }
 FEW_STEP_SAMPLERS = ("lcm", "tcd")
+UNET_FAMILIES = ("sd15", "sdxl")  # samplers and DeepCache need a UNet and a DDPM-style noise schedule
 _CPU_FLAGS = Path("/proc/cpuinfo")
 
 
@@ -51,6 +53,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 def resolve_precision(precision: str, device: torch.device, cpuinfo: str | None = None) -> torch.dtype:
     """The dtype a generator runs in: ``auto`` is fp32 on CPUs without native bf16, bf16 with it; CUDA keeps
     fp32 here (GPU users choose fp16/bf16 through the model's own dtype)."""
+    import torch
+
     if precision not in PRECISIONS:
         raise InvalidInput(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}",
                            code="invalid_option", field="precision")
@@ -96,6 +100,8 @@ class ServingSettings:
 
 def apply(pipe: Any, settings: ServingSettings, device: torch.device) -> torch.dtype:
     """Prepare a loaded pipeline in place as ``settings`` say; returns the dtype it now runs in."""
+    import torch
+
     dtype = resolve_precision(settings.precision, device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)

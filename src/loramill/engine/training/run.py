@@ -83,6 +83,10 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                            "trained here; set family if the folder is one of them", code="unsupported_model",
                            field="model")
     family = get_family(family_name)
+    if not family.TRAINABLE:
+        raise InvalidInput(f"model: {config.model} is a {family_name} pipeline, which loramill generates with but "
+                           "does not train LoRAs for; train on an SD 1.5, SDXL or FLUX.1 model",
+                           code="unsupported_model", field="model")
     config.check_family(family_name)  # options that apply to other families only (the family may be detected)
     # Tools that will not load the chosen layout are named now and in the metrics, never found out later.
     layout_notes = layout_warnings(config.format, family_name)

@@ -21,7 +21,7 @@ from loramill.engine.families import get_family
 from loramill.engine.generation.generate import GenerateRequest
 from loramill.engine.generation.loras import LoraRef
 from loramill.engine.generation.png import png_bytes
-from loramill.engine.generation.quality import degrade_request
+from loramill.engine.generation.quality import level_request
 from loramill.engine.options import rename_field
 from loramill.engine.progress import Progress
 from loramill.errors import InvalidInput, LoramillError, NotFound
@@ -56,16 +56,14 @@ def handle_generation(ctx: JobContext) -> JobEvent:
         raise as_job_field(exc) from None
     level = None
     if ctx.load_policy is not None and generator.family_name is not None:
-        family = get_family(generator.family_name)
         # Counting how long it already waited keeps the last jobs of a burst from getting full quality late.
         waited = (datetime.now(UTC) - ctx.queued_at).total_seconds() if ctx.queued_at else 0.0
         level = ctx.load_policy.level_for(ctx.jobs_ahead(), waited)
-        request = degrade_request(request, level, default_steps=family.DEFAULT_STEPS,
-                                  default_size=family.DEFAULT_SIZE,
-                                  multiple=family.RESOLUTION_MULTIPLE)
+        request = level_request(request, level, generator.family_name)
         if level.cost < 1:
-            log.info("queue is long: rendering at quality %r (%s steps, %sx%s)", level.name, request.steps,
-                     request.width, request.height, extra={"quality": level.name})
+            log.info("queue is long: rendering at quality %r (%s steps, %sx%s, sampler %s, DeepCache %d)",
+                     level.name, request.steps, request.width, request.height, request.sampler,
+                     request.deep_cache, extra={"quality": level.name})
 
     # 4. Generate
     started = time.monotonic()
@@ -111,6 +109,10 @@ def fetch_lora(ctx: JobContext, lora_id: str, index: int, family: str | None) ->
         record = ctx.io("store.resolve_lora", lambda: ctx.store.resolve_lora(lora_id, ctx.job.user_id))
     except NotFound as exc:
         raise NotFound(f"{field}: {exc.message}", code="not_found", field=field) from None
+    if family is not None and not get_family(family).TRAINABLE:
+        raise InvalidInput(f"{field}: this base model is {family}, which loramill generates with but trains no "
+                           f"LoRAs for; remove the LoRAs or pick a {record.family} baseModel",
+                           code="lora_incompatible", field=field)
     if family is not None and record.family != family:
         raise InvalidInput(f"{field}: LoRA {lora_id!r} was trained for {record.family}; this base model is {family}. "
                            f"Pick a {record.family} baseModel or a {family} LoRA", code="lora_incompatible",

@@ -31,6 +31,7 @@ from loramill.errors import InvalidInput, LoramillError
 
 if TYPE_CHECKING:
     from loramill.engine.generation.generate import Generator
+    from loramill.engine.generation.serving import ServingSettings
     from loramill.jobs.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ def resolve_base_model(requested: str | None, settings: WorkerSettings) -> BaseM
 class ResidentModels:
     """Loaded base models by path, least recently used dropped first."""
 
-    def __init__(self, *, max_resident: int = 1, lora_cache_size: int = 4) -> None:
+    def __init__(self, *, max_resident: int = 1, lora_cache_size: int = 4, serving: ServingSettings | None = None
+                 ) -> None:
         self.max_resident = max_resident
         self.lora_cache_size = lora_cache_size
+        self.serving = serving  # how each resident generator is prepared (precision, layout, compile)
         self._loaded: OrderedDict[str, Generator] = OrderedDict()
         # Held for a whole load: a second caller (the first job during the preload, or several
         # generation jobs handled side by side) waits and then finds the model resident.
@@ -120,10 +123,10 @@ class ResidentModels:
         with gc_paused():
             from loramill.engine.generation.generate import Generator
 
-            generator = Generator(model.path, max_resident_loras=self.lora_cache_size)
+            generator = Generator(model.path, max_resident_loras=self.lora_cache_size, serving=self.serving)
         if generator.family_name is None:
-            raise InvalidInput(f"baseModel: {model.name!r} is not an SD 1.5, SDXL or FLUX.1 model, so LoRAs cannot "
-                               "be trained or applied on it", code="unsupported_model", field="baseModel")
+            raise InvalidInput(f"baseModel: {model.name!r} is not an SD 1.5, SDXL, FLUX.1 or Würstchen model",
+                               code="unsupported_model", field="baseModel")
         elapsed = time.monotonic() - started
         metrics.STAGE_SECONDS.labels(kind="any", stage="load_model").observe(elapsed)
         log.info("loaded base model %s (%s) in %.1fs", model.name, generator.family_name, elapsed)

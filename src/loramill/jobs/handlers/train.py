@@ -48,6 +48,10 @@ def handle_training(ctx: JobContext) -> JobEvent:
     #    from model_index.json or the file name, as the loader reads it; an unknown one fails in the loader)
     model = resolve_base_model(params.base_model, ctx.settings)
     family = detect_family(model.path)
+    if family is not None and not get_family(family).TRAINABLE:  # refused before the model loads
+        raise InvalidInput(f"configurationParams.baseModel: {model.path} is a {family} model, which loramill "
+                           "generates with but does not train; choose an SD 1.5, SDXL or FLUX.1 base model",
+                           code="unsupported_model", field="configurationParams.baseModel")
     config = train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file) if family else None
     with ctx.stage("load_model"):
         pipe, family = ctx.models.pipeline_for_training(model)
