@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -60,3 +62,25 @@ def test_cancel_running_training_stops_it_and_keeps_checkpoint(api: Api, worker:
     assert events[-1][2]["status"] == "canceled"
     assert api.client.get(f"/v1/jobs/{job['id']}", headers=api.auth("alice")).json()["status"] == "canceled"
     assert api.storage.list(f"checkpoints/{job['id']}/")
+
+
+def test_training_that_evaluates_itself_reports_quality_and_grids(api: Api, worker: Any, tmp_path: Path) -> None:
+    from tests.engine.evaluation.conftest import write_tiny_clip
+
+    worker.settings.clip_model = str(write_tiny_clip(tmp_path / "clip"))  # LORAMILL_CLIP_MODEL
+    job = start_training(api, evalEverySteps="3", selectBy="clip", stopAt="clip>=2")  # a target never reached
+
+    events = read_events(api, job["id"], api.auth("alice"))
+
+    done = events[-1][2]
+    assert done["status"] == "completed", done
+    assert 0 < done["metrics"]["consistency"] <= 1 and 0 < done["metrics"]["preservation"] <= 1
+    assert set(done["metrics"]) == {"trainingTime", "finalLoss", "consistency", "preservation"}  # Selfix's + 2
+    lora_id = api.client.get(f"/v1/jobs/{job['id']}", headers=api.auth("alice")).json()["result"]["loraId"]
+    lora = api.client.get(f"/v1/loras/{lora_id}", headers=api.auth("alice")).json()
+    assert [e["step"] for e in lora["metrics"]["evaluations"]] == [3, 6]
+    assert lora["metrics"]["bestStep"] in (3, 6) and lora["metrics"]["selectBy"] == "clip"
+    samples = lora["metrics"]["samples"]
+    assert [key.rsplit("/", 1)[1] for key in samples] == ["base.png", "step-000003.png", "step-000006.png"]
+    grid = api.client.get(f"/v1/files/{samples[-1]}", headers=api.auth("alice"))
+    assert grid.status_code == 200 and Image.open(io.BytesIO(grid.content)).format == "PNG"

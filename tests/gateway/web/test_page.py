@@ -39,9 +39,14 @@ def test_web_page_trains_and_generates_in_browser(live_service: LiveService, bro
     page.click("#train-card summary")
     page.fill("#train-steps", "6")
     page.fill("#train-resolution", "64")
+    page.fill("#train-eval-every", "3")
     page.click("#train-submit")
     ended = page.wait_for_selector(".job:is([data-status='completed'], [data-status='failed'])", timeout=120_000)
     assert ended.get_attribute("data-status") == "completed", ended.inner_text()
+    # the run evaluated itself at steps 3 and 6: a chart of preservation and a sample grid per evaluation
+    page.wait_for_function("[...document.querySelectorAll('#train-quality .strip img')]"
+                           ".filter(i => i.naturalWidth > 0).length === 3", timeout=60_000)
+    assert page.locator("#train-quality polyline[data-metric='preservation_pixel']").count() == 1
     page.wait_for_selector(".lora .use:checked")
 
     # 3. Generate with the LoRA: the picture lands in the gallery

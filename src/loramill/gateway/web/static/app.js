@@ -129,7 +129,7 @@ async function submitTraining(event) {
   form.append("triggerWord", $("#train-trigger").value);
   form.append("subjectType", $("#train-subject").value);
   for (const [id, name] of [["#train-steps", "maxSteps"], ["#train-resolution", "resolution"], ["#train-rank", "networkDim"],
-    ["#train-init", "initLora"], ["#train-preserve", "preserveWeight"]]) {
+    ["#train-init", "initLora"], ["#train-preserve", "preserveWeight"], ["#train-eval-every", "evalEverySteps"]]) {
     if ($(id).value) form.append(name, $(id).value);
   }
   $("#train-submit").disabled = true;
