@@ -12,7 +12,7 @@ from loramill.engine.families import get_family
 from loramill.engine.training.data import load_examples
 from loramill.engine.training.run import train
 from loramill.errors import InvalidInput
-from tests.engine.conftest import train_config
+from tests.engine.conftest import FAMILIES, train_config
 
 EVAL = dict(eval_every=4, eval_steps=4, eval_prompts=["a bowl of fruit"])
 
@@ -44,12 +44,15 @@ def test_training_evaluates_and_exports_the_best_checkpoint(tiny_models, subject
     assert again["clip"] == pytest.approx(best["eval"]["clip"], abs=1e-4)
 
 
-def test_training_stops_at_the_target(tiny_models, subject_images, tmp_path) -> None:
-    config = train_config(tiny_models["sd15"], subject_images, tmp_path / "l.safetensors", max_steps=40,
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_stops_at_the_target(family, tiny_models, subject_images, tmp_path) -> None:
+    config = train_config(tiny_models[family], subject_images, tmp_path / "l.safetensors", max_steps=40,
                           stop_at="loss_train<=100", **EVAL)
     result = train(config)
     assert result.metrics["steps"] == 4 and result.metrics["stoppedAt"] == "loss_train<=100"
     assert "consistency" not in result.metrics  # no CLIP model given: no CLIP metrics, no made-up ones
+    evaluation = result.metrics["evaluation"]
+    assert evaluation["divergence"] > 0 and 0 < evaluation["preservation_pixel"] < 1
 
 
 def test_training_holds_out_images_for_the_loss_when_there_are_enough(tiny_models, tmp_path) -> None:

@@ -79,7 +79,7 @@ class Evaluator:
         self.references = [Image.open(p).convert("RGB") for p in config.references]
         self.clip = clip or (ClipEncoder.load(config.clip) if config.clip else None)
         self.ref_clip = self.clip.embed_images(self.references) if self.clip else None
-        self.ref_face = _face_centre(self.references) if config.subject == "face" else None
+        self.ref_face = face_centre(self.references) if config.subject == "face" else None
         self.score = adherence.load_scorer(config.domain) if config.domain else None
         self.concept = adherence.concept_of([self.score(im) for im in self.references]) if self.score else {}
         self.domain_specs = ([spec for _caption, spec in adherence.domain_prompts(config.domain)]
@@ -138,7 +138,7 @@ class Evaluator:
         if self.score is not None:
             metrics["classifier"] = adherence.concept_rate([self.score(im) for im in images], self.concept)
         if self.ref_face is not None:
-            metrics["face"] = _face_rate(images, self.ref_face)
+            metrics["face"] = face_rate(images, self.ref_face)
         return metrics
 
     def _spec_rate(self, images: list[Image.Image]) -> float:
@@ -148,7 +148,8 @@ class Evaluator:
         return adherence.spec_rate([self.score(im) for im in images], specs)
 
 
-def _face_centre(references: list[Image.Image]) -> np.ndarray:
+def face_centre(references: list[Image.Image]) -> np.ndarray:
+    """The mean identity embedding of the faces in ``references`` (an error when none has a face)."""
     from loramill.engine.evaluation.faces import face_embedding
 
     found = [e for e in (face_embedding(im) for im in references) if e is not None]
@@ -158,7 +159,7 @@ def _face_centre(references: list[Image.Image]) -> np.ndarray:
     return np.mean(found, axis=0)
 
 
-def _face_rate(images: list[Image.Image], centre: np.ndarray) -> float:
+def face_rate(images: list[Image.Image], centre: np.ndarray) -> float:
     """Share of images whose face is the references' person (a render without a face counts as a miss)."""
     from loramill.engine.evaluation.faces import SAME_PERSON_DISTANCE, face_distance, face_embedding
 
