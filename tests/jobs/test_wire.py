@@ -193,7 +193,10 @@ def test_queue_fields_are_the_spec_wire_options() -> None:
         assert aliases == set(wire_options(spec)) | SERVICE_ONLY[spec]
         for wire, info in wire_options(spec).items():
             field = model.model_fields[snake(wire)]
-            assert field.default is None, f"{wire} holds a default of its own"
+            if info.required and (spec, info.name) != (TrainConfig, "trigger"):  # the worker's default trigger
+                assert field.is_required(), f"{wire} is required by the spec but optional on the wire"
+            else:
+                assert field.default is None, f"{wire} holds a default of its own"
             assert _limits(field.annotation) == _limits(wire_type(info)), f"{wire} declares limits of its own"
 
 
@@ -207,6 +210,14 @@ def _limits(annotation: Any) -> list[Any]:
     args = typing.get_args(annotation)
     inner = next((a for a in args if a is not type(None)), annotation) if type(None) in args else annotation
     return [m for m in getattr(inner, "__metadata__", ()) if isinstance(m, at.BaseMetadata)]
+
+
+@pytest.mark.parametrize("prompt", [None, ""])
+def test_queue_refuses_generation_without_prompt(prompt: Any) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_job(json.dumps({"taskId": "t", "userId": "u", "prompt": prompt}))
+
+    assert caught.value.field == "prompt"
 
 
 def test_api_schemas_are_the_queue_contract() -> None:

@@ -134,6 +134,7 @@ class _Wire(BaseModel):
 
 _TrainingWire = wire_model(
     TrainConfig, "_TrainingWire", _Wire, "TrainConfig's wire options.",
+    service_defaults=("trigger",),  # LORAMILL_DEFAULT_TRIGGER (jobs/handlers/train.py worker_defaults)
     # service-only: a name in the worker's model registry (LORAMILL_MODELS), resolved to the engine's ``model``
     base_model=(Name | None, Field(None, description="base model by name; default: the worker's")),
 )

@@ -9,7 +9,7 @@ or the engine's default. ``to_engine`` maps what a client sent back to the spec'
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import annotated_types as at
@@ -25,11 +25,20 @@ def wire_options(spec: type[Spec]) -> dict[str, OptionInfo]:
     return {info.wire: info for info in options_of(spec).values() if info.wire}
 
 
-def wire_model(spec: type[Spec], name: str, base: type[BaseModel], doc: str, **extra: Any) -> type[BaseModel]:
-    """A ``base`` model holding ``spec``'s wire options (all optional) plus ``extra`` service-only fields."""
+def wire_model(spec: type[Spec], name: str, base: type[BaseModel], doc: str, *,
+               service_defaults: Iterable[str] = (), **extra: Any) -> type[BaseModel]:
+    """A ``base`` model holding ``spec``'s wire options plus ``extra`` service-only fields.
+
+    An option the spec requires is required on the wire too, unless it is in ``service_defaults`` (the worker
+    fills it, e.g. the trigger word from LORAMILL_DEFAULT_TRIGGER); every other option is optional, ``None``
+    meaning the worker's or the engine's default.
+    """
     fields: dict[str, Any] = {}
     for wire, info in wire_options(spec).items():
-        fields[snake(wire)] = (wire_type(info) | None, Field(None, alias=wire, description=_describe(info)))
+        if info.required and info.name not in service_defaults:
+            fields[snake(wire)] = (wire_type(info), Field(..., alias=wire, description=_describe(info)))
+        else:
+            fields[snake(wire)] = (wire_type(info) | None, Field(None, alias=wire, description=_describe(info)))
     model = create_model(name, __base__=base, __doc__=doc, **fields, **extra)
     return model
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loramill.engine.generation.request import GenerateRequest
 from loramill.engine.generation.serving import FEW_STEP_SAMPLERS, UNET_FAMILIES
 
 # A DeepCache step between full ones, relative to a full step (the first down and last up block at full
@@ -131,8 +132,8 @@ def apply_level(steps: int, width: int, height: int, level: QualityLevel, multip
     return new_steps, side(width), side(height)
 
 
-def degrade_request(request: Any, level: QualityLevel, *, default_steps: int, default_size: int,
-                    multiple: int = 8) -> Any:
+def degrade_request(request: GenerateRequest, level: QualityLevel, *, default_steps: int, default_size: int,
+                    multiple: int = 8) -> GenerateRequest:
     """A copy of a ``GenerateRequest`` with ``level`` applied (unset steps and sizes take the model defaults)."""
     if level.cost >= 1:
         return request
