@@ -73,9 +73,11 @@ def test_training_holds_out_images_for_the_loss_when_there_are_enough(tiny_model
     ("select_by", "sharpness", "select_by: unknown value 'sharpness'; choose one of: 'clip'"),
     ("stop_at", "clip=0.8", "stop_at: .*write METRIC>=NUMBER"),
     ("stop_at", "sharpness>=1", "stop_at: .*unknown metric 'sharpness'"),
+    ("eval_every", 0, "select_by: chooses among evaluations, and this run has none; set eval_every"),
 ])
 def test_training_options_refuse_bad_evaluation_values(tiny_models, subject_images, tmp_path, option, value,
                                                        message) -> None:
+    values = {**EVAL, "select_by": "clip", option: value}
     with pytest.raises(InvalidInput, match=message) as info:
-        train_config(tiny_models["sd15"], subject_images, tmp_path / "l.safetensors", **{option: value}, **EVAL)
-    assert info.value.field == option
+        train_config(tiny_models["sd15"], subject_images, tmp_path / "l.safetensors", **values)
+    assert info.value.field == (option if option != "eval_every" else "select_by")

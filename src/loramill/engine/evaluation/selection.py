@@ -24,7 +24,6 @@ METRICS: dict[str, tuple[bool, str]] = {
     "divergence": (False, "relative change of the denoiser's output on prompts without the trigger"),
     "loss_heldout": (False, "denoising loss on held-out images, fixed draws"),
     "loss_train": (False, "denoising loss on the training images, fixed draws"),
-    "loss": (False, "the training loss (mean of the last steps)"),
 }
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt,
                                                    "<": operator.lt}

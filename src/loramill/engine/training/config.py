@@ -199,6 +199,10 @@ class TrainConfig(Spec):
         if self.epochs is None and self.max_steps is None:
             self.epochs = 10
         _check_recipe(self)
+        for name in ("select_by", "stop_at"):
+            if getattr(self, name) and not self.eval_every:
+                raise option_error(name, "chooses among evaluations, and this run has none; set eval_every too "
+                                   "(e.g. --eval-every 100)")
 
     @property
     def run_dir(self) -> Path:
