@@ -17,6 +17,7 @@ the base's); A and B in one run with two triggers; and each recipe feature on B 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,12 +222,83 @@ def _ratio(value: float, reference: float) -> float | None:
     return round(value / reference, 3) if reference else None
 
 
+COSTS: dict[str, dict[str, Any]] = {
+    "teacher preservation": dict(preserve_weight=1.0),
+    "teacher = LoRA continued from": dict(preserve_weight=1.0, init="plain"),
+    "replay": dict(replay_images="A", init="plain"),
+    "prior preservation (4 class images)": dict(prior_weight=1.0, class_word="face", class_image_count=4),
+    "ema": dict(ema_decay=0.99),
+    "huber": dict(loss="huber"),
+    "lora+": dict(lora_plus_ratio=16.0),
+    "caption dropout": dict(caption_dropout=0.1),
+    "masked loss (alpha)": dict(masked_loss="alpha"),
+}
+
+
+def step_costs(family: str, steps: int) -> list[Result]:
+    """Seconds per training step with each feature vs plain, on the tiny model of ``family`` (same data, seed).
+
+    What a feature costs does not need trained weights: teacher preservation adds two forward passes of the
+    denoiser per step, the rest little. Each run is timed from metrics.jsonl (training steps only, not caching).
+    """
+    from PIL import Image
+
+    from bench.common import tiny_model
+    from loramill.engine.training.config import TrainConfig
+    from loramill.engine.training.run import train
+
+    root = workdir(f"recipe-cost-{family}")
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    for i in range(4):
+        # a cut-out subject: opaque square on a transparent ground (for the masked run)
+        im = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        im.paste((40 * i, 120, 200, 255), (8 + 4 * i, 8, 40 + 4 * i, 56))
+        im.save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(f"sks, a block number {i}")
+    model = tiny_model(family=family)
+
+    def timed_run(name: str, extra: dict[str, Any]) -> float:
+        extra = dict(extra)
+        init = extra.pop("init", None)
+        if extra.get("replay_images") == "A":
+            extra["replay_images"] = str(images)
+        out = root / (name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".safetensors")
+        config = TrainConfig(model=str(model), images=str(images), trigger="sks", out=str(out), resolution=64,
+                             rank=4, max_steps=steps, seed=0, prepare="never",
+                             init_lora=str(root / "plain.safetensors") if init else None, **extra)
+        train(config)
+        lines = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+        # the median step of the second half: the first steps warm up, and on shared cores a mean takes in
+        # whatever else ran at the time
+        times = [b["time"] - a["time"] for a, b in zip(lines, lines[1:])][len(lines) // 2:]
+        return statistics.median(times)
+
+    out = []
+    for name, extra in COSTS.items():
+        # plain right before each feature: the cores are shared, and load drifts over minutes
+        base = timed_run("plain", {})
+        seconds = timed_run(name, extra)
+        out.append(Result(f"{family} tiny: step time with {name}", "s/step (plain / feature)", round(base, 4),
+                          round(seconds, 4), round(base / seconds, 3), "cost, reported", None,
+                          f"{COMMAND} (step costs)", details={"steps": steps}))
+    return out
+
+
 def run(quick: bool = False) -> list[Result]:
-    from loramill.engine.reference.models import write_reference_model
+    from loramill.engine.reference.models import MANIFEST, write_reference_model
 
     plan = Plan(steps=60, seeds=(0,)) if quick else Plan()
     results: list[Result] = []
     for family in FAMILIES:
+        results += step_costs(family, 10 if quick else 40)
+    trained = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    for family in FAMILIES:
+        if family not in trained:
+            results.append(Result(f"{family}: forgetting and recipe on the reference world (not run)", "-", None,
+                                  None, None, "-", None, COMMAND,
+                                  note=f"the reference {family} denoiser is not trained yet (make reference-models)"))
+            continue
         root = workdir("recipe")
         model = root / f"reference-{family}"
         if not (model / "model_index.json").exists():
