@@ -39,7 +39,7 @@ def load_scorer(domain: str) -> Callable[[Image.Image], Any]:
 def domain_prompts(domain: str) -> list[tuple[str, Any]]:
     """(caption, spec) for every base concept of ``domain`` once, centred on white: preservation's prompts."""
     load_scorer(domain)
-    from loramill.engine.reference import domain as shapes
+    shapes: Any = importlib.import_module("loramill.engine.reference.domain")
 
     specs = [shapes.Shape(colour=c, shape=s) for c in shapes.BASE_COLOURS for s in shapes.BASE_SHAPES]
     return [(spec.caption, spec) for spec in specs]

@@ -84,8 +84,9 @@ class Evaluator:
         self.concept = adherence.concept_of([self.score(im) for im in self.references]) if self.score else {}
         self.domain_specs = ([spec for _caption, spec in adherence.domain_prompts(config.domain)]
                              if config.domain else [])
-        if config.domain:
-            config.preservation_prompts = [spec.caption for spec in self.domain_specs]
+        # a domain brings its own trigger-free prompts: every base concept, which its scorer can check
+        self.keep_prompts = ([spec.caption for spec in self.domain_specs] if config.domain
+                             else list(config.preservation_prompts))
         self._base: dict[str, Any] | None = None
 
     def baseline(self) -> dict[str, Any]:
@@ -93,7 +94,7 @@ class Evaluator:
         if self._base is None:
             with lora_disabled(self.pipe):
                 trigger = render(self.pipe, self.family, self.config.prompts, self.config.render)
-                keep = render(self.pipe, self.family, self.config.preservation_prompts, self.config.render)
+                keep = render(self.pipe, self.family, self.keep_prompts, self.config.render)
             self._base = {"trigger": trigger, "keep": keep, "fidelity": self._fidelity(trigger),
                           "keep_clip": self.clip.embed_images(keep) if self.clip else None}
             if self.score is not None:
@@ -108,12 +109,12 @@ class Evaluator:
         try:
             # 1. Renders with the LoRA: the trigger prompts and the prompts it should leave alone.
             trigger = render(self.pipe, self.family, config.prompts, config.render)
-            keep = render(self.pipe, self.family, config.preservation_prompts, config.render)
+            keep = render(self.pipe, self.family, self.keep_prompts, config.render)
             # 2. Fidelity, with the base model's value beside each.
             metrics = self._fidelity(trigger)
             metrics.update({f"{k}_base": v for k, v in base["fidelity"].items()})
             # 3. Preservation: the denoiser on fixed draws, then the renders against the base's.
-            metrics["divergence"] = denoiser_divergence(self.pipe, self.family, config.preservation_prompts,
+            metrics["divergence"] = denoiser_divergence(self.pipe, self.family, self.keep_prompts,
                                                         side=config.render.side, draws=config.divergence_draws)
             metrics["preservation_pixel"] = pixel_similarity(base["keep"], keep)
             if self.clip is not None:
