@@ -45,12 +45,13 @@ def test_api_on_postgres_and_s3_keeps_tenancy_idempotency_and_events(pg_s3_api: 
     first = api.client.put("/v1/jobs/pg-1", json={"prompt": "p"}, headers=api.auth("alice"))
     again = api.client.put("/v1/jobs/pg-1", json={"prompt": "p"}, headers=api.auth("alice"))
     assert (first.status_code, again.status_code) == (202, 200)
+    task = first.json()["id"]  # the stored id: alice's "pg-1", scoped to her
 
     def finish() -> None:
         time.sleep(0.2)
-        done = JobEvent(task_id="pg-1", user_id="alice", status="completed")
-        api.store.transition("pg-1", "processing")
-        api.store.transition("pg-1", "completed", result=done.to_dict(), event=done.to_dict())
+        done = JobEvent(task_id=task, user_id="alice", status="completed")
+        api.store.transition(task, "processing")
+        api.store.transition(task, "completed", result=done.to_dict(), event=done.to_dict())
 
     threading.Thread(target=finish, daemon=True).start()
     assert [e[2]["status"] for e in read_events(api, "pg-1", api.auth("alice"))] == ["queued", "completed"]

@@ -53,7 +53,8 @@ def test_put_job_twice_returns_same_job(api: Api) -> None:
     second = api.client.put("/v1/jobs/my-job-1", json=body, headers=api.auth("alice"))
 
     assert first.status_code == 202 and second.status_code == 200
-    assert first.json()["id"] == second.json()["id"] == "my-job-1"
+    assert first.json()["id"] == second.json()["id"]
+    assert api.client.get("/v1/jobs/my-job-1", headers=api.auth("alice")).json()["id"] == first.json()["id"]
     assert second.json()["createdAt"] == first.json()["createdAt"]
     assert api.store.count_queued() == 1
     assert api.broker.receive(timeout=1) is not None and api.broker.receive(timeout=0.2) is None
@@ -65,7 +66,7 @@ def test_put_job_with_different_body_conflicts(api: Api) -> None:
     response = api.client.put("/v1/jobs/my-job-2", json={"prompt": "two"}, headers=api.auth("alice"))
 
     assert response.status_code == 409
-    assert "taskId" in response.json()["error"]["message"]
+    assert response.json()["error"]["field"] == "taskId" and "'my-job-2'" in response.json()["error"]["message"]
 
 
 def test_put_training_job_with_stored_image_keys(api: Api) -> None:

@@ -79,8 +79,14 @@ def test_delete_own_lora_removes_it_from_listing(api: Api, alices: dict[str, str
     assert refused.status_code == 404 and refused.json()["error"]["field"] == "loras[0].id"
 
 
-def test_put_with_another_users_job_id_conflicts_without_touching_it(api: Api, alices: dict[str, str]) -> None:
-    response = api.client.put(f"/v1/jobs/{alices['job']}", json={"prompt": "mine now"}, headers=api.auth("bob"))
+def test_put_with_another_users_job_id_makes_own_job_without_touching_or_revealing_it(
+        api: Api, alices: dict[str, str]) -> None:
+    taken = api.client.put(f"/v1/jobs/{alices['job']}", json={"prompt": "mine now"}, headers=api.auth("bob"))
+    fresh = api.client.put("/v1/jobs/never-used-id", json={"prompt": "mine now"}, headers=api.auth("bob"))
 
-    assert response.status_code == 409
-    assert api.store.get_job(alices["job"]).user_id == "alice"
+    # Ids are scoped per user: a taken id and a fresh one get the same answer (no existence oracle)
+    assert taken.status_code == fresh.status_code == 202
+    assert api.store.get_job(alices["job"]).user_id == "alice"  # type: ignore[union-attr]
+    assert api.client.get(f"/v1/jobs/{alices['job']}", headers=api.auth("bob")).json()["id"] == taken.json()["id"]
+    assert api.client.get(f"/v1/jobs/{alices['job']}", headers=api.auth("alice")).json()["kind"] == "training"
+    assert taken.json()["kind"] == "generation" and taken.json()["id"] != alices["job"]

@@ -102,17 +102,27 @@ class Gateway:
         payload |= {"taskId": task_id, "userId": who.user_id}
         return self._queue(who, parse_job(payload), idempotency_key)
 
-    def put_job(self, who: Principal, task_id: str, body: Mapping[str, Any]) -> tuple[JobRecord, bool]:
-        """Create the job under a client-chosen id, or return it if this user already did (Cog's PUT)."""
-        if body.get("taskId") not in (None, task_id):
-            raise InvalidInput(f"taskId in the body ({body.get('taskId')!r}) differs from the path ({task_id!r})",
+    def put_job(self, who: Principal, job_id: str, body: Mapping[str, Any]) -> tuple[JobRecord, bool]:
+        """Create the job under a client-chosen id, or return it if this user already did (Cog's PUT).
+
+        Client-chosen ids are scoped to their user: the job is stored under an id derived from (user, id),
+        as with ``Idempotency-Key``, so one user's id can neither be taken nor probed by another (a global
+        id answered "taken" for someone else's job). ``job()`` finds it by the client's id again.
+        """
+        if body.get("taskId") not in (None, job_id):
+            raise InvalidInput(f"taskId in the body ({body.get('taskId')!r}) differs from the path ({job_id!r})",
                                code="invalid_field", field="taskId")
+        task_id = self.task_id_for(who, job_id)
         request = {k: v for k, v in body.items() if k not in ("taskId", "userId")}
-        if "images" in request:
-            options = request.get("configurationParams") or {}
-            return self.submit_training(who, task_id, [], request["images"], options,
-                                        priority=int(request.get("priority") or 0))
-        return self.submit_generation(who, task_id, request)
+        try:
+            if "images" in request:
+                options = request.get("configurationParams") or {}
+                return self.submit_training(who, task_id, [], request["images"], options,
+                                            priority=int(request.get("priority") or 0), idempotency_key=job_id)
+            return self.submit_generation(who, task_id, request, idempotency_key=job_id)
+        except Conflict:
+            raise Conflict(f"job id {job_id!r} already names one of your jobs, with a different request; use a "
+                           "new id", field="taskId") from None
 
     def check_capacity(self, who: Principal | None = None) -> None:
         """``Overloaded`` (429 + Retry-After) when the caller submits too fast (``LORAMILL_USER_RATE_LIMIT``),
@@ -181,6 +191,8 @@ class Gateway:
     def job(self, who: Principal, job_id: str) -> JobRecord:
         """The caller's job (any job for an admin); ``NotFound`` otherwise."""
         job = self.store.get_job(job_id)
+        if (job is None or not who.owns(job.user_id)) and 1 <= len(job_id) <= 128 and job_id.isprintable():
+            job = self.store.get_job(self.task_id_for(who, job_id))  # an id the caller chose (PUT)
         if job is None or not who.owns(job.user_id):
             raise NotFound(f"no job {job_id!r}", field="id")
         return job
@@ -198,7 +210,7 @@ class Gateway:
             raise Conflict(f"job {job_id!r} is already {job.status.value}; only queued or processing jobs "
                            "can be canceled", code="job_finished", field="id")
         event = JobEvent(task_id=job.id, user_id=job.user_id, status=JobStatus.CANCELED).to_dict()
-        record = self.store.request_cancel(job_id, event=event)
+        record = self.store.request_cancel(job.id, event=event)
         if record.status is JobStatus.CANCELED and job.status is JobStatus.QUEUED:
             self._publish_event_quietly(job.id, event)
         return record

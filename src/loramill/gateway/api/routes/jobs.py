@@ -55,6 +55,9 @@ def put_job(job_id: str, body: Annotated[TrainingCreate | GenerationCreate, Body
             body_task_id: Annotated[object, Depends(_body_task_id)] = None) -> JobPublic:
     """Create a job under your own id; repeating the request returns the same job (Replicate Cog style).
 
+    Your ids are yours alone: another user may use the same id for a job of theirs. ``GET``, ``/events``
+    and ``/cancel`` take your id or the job's ``id`` the answer gives.
+
     The body is a training job (``images`` as storage keys) or a generation job (``prompt``); a ``taskId``
     in it, if any, must be the id in the path.
     """
@@ -91,9 +94,9 @@ async def job_events(job_id: str, request: Request, gateway: GatewayDep, who: Pr
                      after: Annotated[int | None, Query(ge=0, description="same as Last-Event-ID")] = None,
                      ) -> StreamingResponse:
     """Server-sent events of the job; reconnect with ``Last-Event-ID`` to get only what you missed."""
-    await run_in_threadpool(gateway.job, who, job_id)  # 404 before the stream starts
+    job = await run_in_threadpool(gateway.job, who, job_id)  # 404 before the stream starts
     start = after if after is not None else parse_last_event_id(last_event_id)
-    stream = stream_job_events(gateway.store, job_id, start, poll_seconds=gateway.settings.sse_poll_seconds,
+    stream = stream_job_events(gateway.store, job.id, start, poll_seconds=gateway.settings.sse_poll_seconds,
                                keepalive_seconds=gateway.settings.sse_keepalive_seconds,
                                disconnected=request.is_disconnected)
     return StreamingResponse(stream, media_type="text/event-stream",
