@@ -18,6 +18,7 @@ from loramill.errors import LoramillError
 COMMANDS: dict[str, str] = {
     "models": "models",
     "train": "train",
+    "plan": "plan",
     "generate": "generate",
     "dataset": "dataset",
     "worker": "worker",

@@ -24,6 +24,7 @@ from loramill.engine.training.ema import EMA_EXPORT
 from loramill.engine.training.losses import LOSSES
 from loramill.engine.training.masks import MASKED_LOSS
 from loramill.engine.training.optim import LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS
+from loramill.engine.training.quantize import QUANTIZE_MODES
 from loramill.engine.training.weighting import FLOW_LOSS_WEIGHTING, TIMESTEP_SAMPLING
 from loramill.errors import InvalidInput
 
@@ -111,6 +112,10 @@ class TrainConfig(Spec):
     max_grad_norm: float = option(1.0, ge=0, help="gradient clipping norm (0 disables clipping)")
     mixed_precision: str = option("no", choices=MIXED_PRECISION, help="autocast precision (bf16/fp16 need CUDA)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
+    quantize_base: str = option("none", choices=QUANTIZE_MODES, wire="quantizeBase",
+                                help="store the frozen denoiser's Linear weights in int8 (CPU or CUDA), fp8 (Ada/"
+                                     "Hopper GPU) or nf4 (CUDA); the LoRA trains in fp32 on top and loads on the "
+                                     "unquantised base")
     guidance_scale: float = option(1.0, ge=0, le=100, help="FLUX guidance embedding value during training")
     noise_offset: float = option(0.0, ge=0, le=1, wire="noiseOffset", families=("sd15", "sdxl"),
                                  why="FLUX.1 trains by flow matching, which does not use it",

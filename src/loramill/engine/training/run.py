@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from loramill.engine.families import detect_family, get_family
 from loramill.engine.lora.files import write_lora
 from loramill.engine.lora.formats import check_layout, to_layout
 from loramill.engine.lora.layouts import layout_warnings
+from loramill.engine.planning.memory import check_run_memory
 from loramill.engine.progress import Progress, ProgressCallback, StopRequested, no_progress
 from loramill.engine.training import adapters
 from loramill.engine.training.cache import TrainingCache, build_cache, cache_texts
@@ -53,6 +55,8 @@ from loramill.engine.training.optim import (
     make_scheduler,
 )
 from loramill.engine.training.preservation import concept_folders, extra_sets
+from loramill.engine.training.quantize import check_quantize, quantized_denoiser
+from loramill.engine.training.residency import park_encoders
 from loramill.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,7 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     for note in layout_notes:
         log.warning("LoRA layout: %s", note)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_quantize(config.quantize_base, device)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -119,9 +124,20 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     fingerprint = run_fingerprint(config, family_name, data_hash)
 
     # 3. Model: frozen base, reused when the caller keeps one resident.
+    resident = pipe is not None
     if pipe is None:
         pipe = family.load_pipeline(config.model)
-    pipe.to(device)
+        if autocast_dtype is not None:
+            # The frozen base in the compute dtype (half the memory of fp32); the VAE stays fp32, as half
+            # precision overflows SDXL's VAE. LoRA weights are fp32 whatever the base (adapters.add_lora).
+            for name in (family.DENOISER, *family.TEXT_ENCODERS):
+                getattr(pipe, name).to(autocast_dtype)
+    check_run_memory(config, family_name, pipe, device)  # refuse before an out-of-memory, naming the fix
+    # The denoiser reaches the accelerator only after caching (step 5), so FLUX's transformer and its T5
+    # are never there together.
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and name != family.DENOISER:
+            component.to(device)
     denoiser = getattr(pipe, family.DENOISER)
     text_encoders = [getattr(pipe, name) for name in family.TEXT_ENCODERS] if config.train_text_encoder else []
     for name in ("vae", "text_encoder", "text_encoder_2", family.DENOISER):
@@ -143,10 +159,19 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     if not config.train_text_encoder:
         cache_texts(cache, family, pipe, [""] + config.preserve_prompts + [
             without_trigger(e.caption, triggers, config.class_word) for e in examples])
+    if config.prior_weight > 0 and not config.class_images:
+        getattr(pipe, family.DENOISER).to(device)  # it renders the class images
     extras = extra_sets(config, family, pipe, run_dir, progress)
+    # What the cache made useless leaves the accelerator until a validation image needs it.
+    parked = park_encoders(pipe, family.TEXT_ENCODERS, set(family.TEXT_ENCODERS) if config.train_text_encoder
+                           else set(), device)
+    parked.leave()
 
+    base = contextlib.ExitStack()
     try:
-        # 5. LoRA adapters, initialised from the seed.
+        # 5. LoRA adapters on the (optionally quantised) frozen denoiser, initialised from the seed.
+        denoiser = base.enter_context(quantized_denoiser(pipe, family.DENOISER, config.quantize_base, device,
+                                                         resident=resident))
         torch.manual_seed(config.seed)
         targets = config.target_modules or family.DEFAULT_TARGET_MODULES
         trained: dict[str, torch.nn.Module] = {family.DENOISER: denoiser}
@@ -272,7 +297,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             if monitor is None and hasattr(scheduler, "observe_loss"):
                 scheduler.observe_loss(step_loss)  # reduce_on_plateau without evaluation watches the loss
             if config.validation_every and step % config.validation_every == 0 and config.validation_prompts:
-                _validate(family, pipe, config, step, run_dir, trained)
+                with parked.back():
+                    _validate(family, pipe, config, step, run_dir, trained)
             try:
                 progress(Progress("train", step, total_steps, {"loss": step_loss, "lr": lr}))
             except StopRequested:
@@ -306,6 +332,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             module.eval()
         if config.gradient_checkpointing:
             denoiser.disable_gradient_checkpointing()
+        parked.restore()
+        base.close()
 
 
 def dataset_hash(examples: list[Any]) -> str:
@@ -374,6 +402,8 @@ def _validate(family: Any, pipe: Any, config: TrainConfig, step: int, run_dir: P
     for module in trained.values():
         module.eval()
     rng_state = torch.get_rng_state()  # validation must not shift the training RNG
+    dtype = check_precision(config.mixed_precision)
+    device = getattr(pipe, family.DENOISER).device
     try:
         for i, prompt in enumerate(config.validation_prompts):
             side = config.resolution // family.RESOLUTION_MULTIPLE * family.RESOLUTION_MULTIPLE
@@ -381,7 +411,9 @@ def _validate(family: Any, pipe: Any, config: TrainConfig, step: int, run_dir: P
                                               guidance=family.DEFAULT_GUIDANCE, width=side, height=side,
                                               num_images=1, generator=torch.Generator().manual_seed(config.seed),
                                               pipe=pipe)
-            image = pipe(**kwargs).images[0]
+            # The base is in the compute dtype and the VAE in fp32: autocast lets them meet.
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                image = pipe(**kwargs).images[0]
             image.save(out_dir / f"step-{step:06d}-{i}.png")
     finally:
         torch.set_rng_state(rng_state)
