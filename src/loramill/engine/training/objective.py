@@ -37,9 +37,18 @@ class Objective:
         return None
 
     def denoising(self, latents: torch.Tensor, cond: dict[str, torch.Tensor], meta: list[ImageMeta],
-                  generator: torch.Generator, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Noised]:
-        """The training loss on ``latents``, and the draw it used (preservation reuses it)."""
+                  generator: torch.Generator, mask: torch.Tensor | None = None,
+                  share: slice | None = None) -> tuple[torch.Tensor, Noised]:
+        """The training loss on ``latents``, and the draw it used (preservation reuses it).
+
+        ``share``: the rows this process predicts when several train one run (the noise is drawn for
+        the whole batch on every process, so the run equals one process's; engine/training/distributed.py).
+        """
         noised = self.family.add_noise(self.pipe, latents, generator, self.options)
+        if share is not None:
+            from loramill.engine.training.distributed import take_share
+
+            noised, cond, meta, mask = take_share(share, noised, cond, meta, mask)
         pred = self.family.predict(self.pipe, noised, cond, meta, self.options)
         elements = elementwise_loss(pred, noised.target, self.loss, self.huber_delta)
         return reduce_loss(elements, mask, self.weights(noised)), noised

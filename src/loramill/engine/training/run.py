@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from loramill.engine.training.data import (
     needs_preparation,
     prepare_raw_images,
 )
+from loramill.engine.training.distributed import check_shares, current_ranks
 from loramill.engine.training.ema import LoraEma
 from loramill.engine.training.init_lora import init_from_lora
 from loramill.engine.training.masks import batch_mask, example_masks
@@ -98,6 +100,10 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         log.warning("LoRA layout: %s", note)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_quantize(config.quantize_base, device)
+    ranks = current_ranks()  # one process, or this one's rank of several (torchrun, --processes)
+    check_shares(config, ranks)
+    if not ranks.main:
+        progress = no_progress  # rank 0 reports for the run
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -105,10 +111,13 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
     #    batch order is a function of (seed, epoch).
     images = config.images
     if config.prepare == "auto" and needs_preparation(images):
-        images = prepare_raw_images(images, run_dir / "dataset", trigger=config.trigger,
-                                    resolution=config.resolution, subject=config.subject,
-                                    class_word=config.class_word, captioner=config.captioner,
-                                    progress=progress)
+        if ranks.main:  # one process writes the prepared set; the others read it once it is there
+            images = prepare_raw_images(images, run_dir / "dataset", trigger=config.trigger,
+                                        resolution=config.resolution, subject=config.subject,
+                                        class_word=config.class_word, captioner=config.captioner,
+                                        progress=progress)
+        ranks.barrier()
+        images = str(run_dir / "dataset")
     examples = load_examples(images, trigger=config.trigger, resolution=config.resolution,
                              multiple=family.RESOLUTION_MULTIPLE)
     # More concepts in the same run, each folder with its own trigger.
@@ -213,13 +222,15 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             generator.set_state(state.generator)
             torch.set_rng_state(state.torch_rng)
             step, losses, elapsed_before = state.step, state.losses, state.elapsed
-        metrics_file = _open_metrics(run_dir / "metrics.jsonl", keep_until=step)
+        metrics_file = _open_metrics(run_dir / "metrics.jsonl", keep_until=step) if ranks.main else io.StringIO()
         monitor = training_evaluation(config, family, pipe, examples, held_out, run_dir, step)
 
         def lora_weights() -> dict[str, torch.Tensor]:
             return {f"{n}.{k}": v for n, m in trained.items() for k, v in adapters.lora_state(m).items()}
 
-        def checkpoint() -> Path:
+        def checkpoint() -> Path | None:
+            if not ranks.main:
+                return None
             weights = lora_weights()
             if ema is not None:
                 weights.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
@@ -262,7 +273,10 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                 captions = drop_captions(captions, config.caption_dropout, config.seed, micro)
                 mask = batch_mask(masks, plan[index], latents.shape[-2:])
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss, noised = objective.denoising(latents.to(device), encode(captions), meta, generator, mask)
+                    # Several processes: each draws the whole batch's noise (one process's RNG stream) and
+                    # predicts its own share of it.
+                    loss, noised = objective.denoising(latents.to(device), encode(captions), meta, generator, mask,
+                                                       share=ranks.share(latents.shape[0]) if ranks.world > 1 else None)
                     if config.preserve_weight:
                         keep = preservation_prompts(captions, triggers, config.class_word, config.preserve_prompts,
                                                     micro)
@@ -278,6 +292,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                 loss.backward()
                 step_loss += loss.item()
                 micro += 1
+            ranks.average_gradients(params)
+            step_loss = ranks.mean(step_loss)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -296,15 +312,19 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                 break  # the --stop-at target is reached
             if monitor is None and hasattr(scheduler, "observe_loss"):
                 scheduler.observe_loss(step_loss)  # reduce_on_plateau without evaluation watches the loss
-            if config.validation_every and step % config.validation_every == 0 and config.validation_prompts:
+            if config.validation_every and step % config.validation_every == 0 and config.validation_prompts \
+                    and ranks.main:
                 with parked.back():
                     _validate(family, pipe, config, step, run_dir, trained)
+            stop: StopRequested | None = StopRequested() if ranks.stop_signal else None
             try:
                 progress(Progress("train", step, total_steps, {"loss": step_loss, "lr": lr}))
-            except StopRequested:
-                # Cancel or shutdown: keep the work done so far, then stop.
+            except StopRequested as exc:
+                stop = exc
+            if ranks.any(stop is not None):
+                # Cancel or shutdown (on any process): keep the work done so far, then all stop.
                 checkpoint()
-                raise
+                raise stop or StopRequested()
         metrics_file.close()
 
         # 9. Export the LoRA in the chosen layout, with metadata, and the run's metrics.
@@ -320,10 +340,13 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         tensors = to_layout(config.format, layers, family.KOHYA_PREFIXES, config.rank, alpha)
         if layout_notes:
             metrics["layoutWarnings"] = layout_notes
-        out = write_lora(config.out, tensors, lora_metadata(config, family_name, step, data_hash))
         if monitor is not None:
             metrics.update(monitor.summary())
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        out = Path(config.out)
+        if ranks.main:
+            out = write_lora(config.out, tensors, lora_metadata(config, family_name, step, data_hash))
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        ranks.barrier()  # the LoRA exists when any process returns
         return TrainResult(lora_path=out, metrics=metrics, checkpoint_dir=checkpoints)
     finally:
         # Leave the (possibly resident) pipeline exactly as the base model.
