@@ -36,10 +36,10 @@ def real_sd15(folder: Path) -> Path:
         return folder
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from loramill.engine.planning.architectures import ARCHITECTURES
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from loramill.engine.models.tokenizers import clip_tokenizer
+    from loramill.engine.planning.architectures import ARCHITECTURES
 
     arch = ARCHITECTURES["sd15"]
     torch.manual_seed(0)

@@ -19,7 +19,8 @@ import traceback
 
 from bench.common import RESULTS, Result, machine, save_results, table
 
-BENCHMARKS = ("training", "loras", "orchestration", "coldstart", "quality", "adherence", "recipe", "lora_quality")
+BENCHMARKS = ("training", "loras", "orchestration", "coldstart", "quality", "adherence", "recipe", "lora_quality",
+              "realsize")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ...", flush=True)
         module = importlib.import_module(f"bench.{name}")
         try:
-            if name == "training":
+            if name in ("training", "realsize"):
                 got = module.run(args.reference_python, args.reference_script, quick=args.quick)
             else:
                 got = module.run(quick=args.quick)

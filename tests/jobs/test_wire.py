@@ -35,7 +35,7 @@ TRAIN_REQUIRED = {"model": "m", "images": "/nonexistent", "trigger": "sks", "out
 # The fields a layer adds that are no engine option: who and which job, the worker's model by name, LoRAs by
 # registry id (the engine takes files), queue priority.
 SERVICE_ONLY = {TrainConfig: {"baseModel"}, GenerateRequest: {"taskId", "userId", "baseModel", "loras", "priority"}}
-CLI_OWN = {TrainConfig: {"config", "quiet"}, GenerateRequest: {"model", "family", "lora", "out", "quiet"}}
+CLI_OWN = {TrainConfig: {"config", "processes", "quiet"}, GenerateRequest: {"model", "family", "lora", "out", "quiet"}}
 
 
 # ---- the cases: one per (option, limit or choice), each with a value past it ---------------------------------

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loramill.cli.progress import ProgressBar
     from loramill.engine.progress import StopRequested
-    from loramill.engine.training.distributed import Ranks, check_shares, launch, process_count
+    from loramill.engine.training.distributed import Ranks, check_shares, process_count
+    from loramill.engine.training.launch import launch
     from loramill.engine.training.run import train
 
     main_process = os.environ.get("RANK", "0") == "0"

@@ -56,6 +56,9 @@ class WorkerSettings(BaseSettings):
                                        "progress) go to; unset: nowhere on the broker, so the output topic carries "
                                        "results only (the API, web page and bot read progress from the job store)")
     progress_interval: float = Field(3.0, gt=0, description="seconds between processing events of one job")
+    train_processes: str = Field("1", validation_alias="LORAMILL_TRAIN_PROCESSES",
+                                 description="processes one training job runs on: a number, or auto (one per "
+                                             "visible GPU); more than 1 runs the job data-parallel (rank 0 reports)")
     cancel_check_interval: float = Field(1.0, gt=0, description="seconds between looks at cancel_requested")
     receive_timeout: float = Field(1.0, gt=0, description="seconds one receive() waits for a job")
     job_heartbeat_seconds: float = Field(5.0, gt=0, description="seconds between a running job's heartbeats "

@@ -34,6 +34,10 @@ def _where(pipe: SimpleNamespace) -> dict[str, str]:
 def test_vae_and_cached_text_encoders_leave_and_come_back_for_validation():
     pipe = _pipe()
     parked = park_encoders(pipe, ("text_encoder", "text_encoder_2"), set(), GPU)
+    assert set(_where(pipe).values()) == {"cuda"}, "nothing moves before the cache is built"
+    parked.leave(only=("text_encoder", "text_encoder_2"))  # captions encoded; the VAE still has images to do
+    assert _where(pipe) == {"vae": "cuda", "text_encoder": "cpu", "text_encoder_2": "cpu", "unet": "cuda"}
+    parked.leave()
     assert _where(pipe) == {"vae": "cpu", "text_encoder": "cpu", "text_encoder_2": "cpu", "unet": "cuda"}
     with parked.back():
         assert set(_where(pipe).values()) == {"cuda"}
@@ -44,7 +48,7 @@ def test_vae_and_cached_text_encoders_leave_and_come_back_for_validation():
 
 def test_trained_text_encoders_stay_on_the_accelerator():
     pipe = _pipe()
-    park_encoders(pipe, ("text_encoder", "text_encoder_2"), {"text_encoder", "text_encoder_2"}, GPU)
+    park_encoders(pipe, ("text_encoder", "text_encoder_2"), {"text_encoder", "text_encoder_2"}, GPU).leave()
     assert _where(pipe) == {"vae": "cpu", "text_encoder": "cuda", "text_encoder_2": "cuda", "unet": "cuda"}
 
 
@@ -53,4 +57,5 @@ def test_nothing_moves_on_a_cpu_run():
     for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
         getattr(pipe, name).device = HOST
     parked = park_encoders(pipe, ("text_encoder",), set(), HOST)
+    parked.leave()
     assert not parked.parked and set(_where(pipe).values()) == {"cpu"}

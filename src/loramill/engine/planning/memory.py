@@ -5,7 +5,10 @@ the loop (the frozen denoiser, stored as --quantize-base says, the LoRA with its
 optimizer state, and the activations of one step), and validation images (everything resident, no
 gradients). The peak is the largest phase. Weights and LoRA sizes are exact (the real architecture on
 the meta device, the LoRA attached by peft); activations are counted (planning/activations.py) and
-scaled by a factor calibrated against measured peaks (docs/performance.md, "Memory plan").
+scaled by ``ACTIVATION_FACTOR``. The count matches what a real CPU step keeps within 15%
+(tests/engine/planning); the factor is a margin for what the count leaves out (gradient buffers during
+backward, the allocator's rounding) that no GPU has calibrated yet: scripts/gpu-check.sh prints measured
+peak / plan per case to set it (docs/performance.md, section 6).
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ QUANTIZED_BYTES = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5 + 4 / 64}
 # Optimizer state bytes per trainable parameter: AdamW's two fp32 moments, bitsandbytes' two 8-bit
 # moments, Prodigy's four fp32 buffers (two moments, its s and the initial weights).
 OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
-# Measured peak / counted activations for a real-size step (see the module docstring); covers the
-# backward's gradient buffers and the allocator's rounding.
+# Peak / counted activations: a provisional margin until a GPU run calibrates it (module docstring).
 ACTIVATION_FACTOR = 1.25
 # The CUDA context and the kernels' workspaces, outside what torch reports as allocated.
 CONTEXT_BYTES = int(0.6 * GIB)
@@ -116,12 +118,14 @@ def plan_training(options: PlanOptions, arch: Architecture | None = None) -> Mem
     vae = build_on_meta("AutoencoderKL", arch.vae)
     plan.parts["vae"] = sum(p.numel() for p in vae.parameters()) * 4
     plan.parts["text encoders"] = encoder_bytes
-    # The VAE encoder's widest activations at full resolution, four images a call (engine/training/cache.py).
-    plan.parts["vae encode (4 images)"] = 4 * arch.vae["block_out_channels"][0] * options.resolution ** 2 * 4 * 3
+    # The VAE encoder's widest activations at full resolution (three live 128-channel fp32 maps an image),
+    # four images a call at 512 px, fewer above (engine/training/cache.py).
+    per_call = max(1, 4 * 512 * 512 // options.resolution ** 2)
+    plan.parts["vae encode"] = per_call * arch.vae["block_out_channels"][0] * options.resolution ** 2 * 4 * 3
 
     # 5. The phases: the cache made the VAE and text encoders useless during the loop (residency.py).
     resident_encoders = encoder_bytes if options.train_text_encoder else 0
-    plan.phases["caching"] = plan.parts["vae"] + encoder_bytes + plan.parts["vae encode (4 images)"]
+    plan.phases["caching"] = plan.parts["vae"] + encoder_bytes + plan.parts["vae encode"]
     plan.phases["training step"] = (plan.parts["denoiser weights"] + plan.parts["lora + grads + optimizer"]
                                     + plan.parts["activations"] + resident_encoders)
     if options.validation:

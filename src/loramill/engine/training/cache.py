@@ -39,31 +39,33 @@ class TrainingCache:
 def build_cache(family: FamilyModule, pipe: Any, examples: list[Example], variants: int, augment_config: Any,
                 *, cache_text: bool, encode_batch: int = 4, progress: ProgressCallback = no_progress
                 ) -> TrainingCache:
-    """Encode every (example, variant) through the VAE, and every caption through the text encoders."""
+    """Encode every caption through the text encoders, then every (example, variant) through the VAE."""
     cache = TrainingCache()
     jobs = [(i, v) for v in range(variants + 1) for i in range(len(examples))]
     total = len(jobs) + (len(set(e.caption for e in examples)) if cache_text else 0)
     done = 0
-    # Encode same-size images together: one VAE call per small batch instead of per image.
-    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for job in jobs:
-        by_size.setdefault(examples[job[0]].size, []).append(job)
-    for group in by_size.values():
-        for start in range(0, len(group), encode_batch):
-            chunk = group[start:start + encode_batch]
-            loaded = [load_pixels(examples[i], v, augment_config) for i, v in chunk]
-            latents = family.encode_images(pipe, torch.stack([p for p, _ in loaded]))
-            for (key, (_, meta)), latent in zip(zip(chunk, loaded), latents):
-                cache.latents[key] = latent.detach().to("cpu", torch.float32)
-                cache.meta[key] = meta
-            done += len(chunk)
-            progress(Progress("cache", done, total))
     if cache_text:
         captions = sorted(set(e.caption for e in examples))
         for start in range(0, len(captions), encode_batch):
             batch = captions[start:start + encode_batch]
             cache_texts(cache, family, pipe, batch)
             done += len(batch)
+            progress(Progress("cache", done, total))
+    # Encode same-size images together: one VAE call per small batch instead of per image, fewer images
+    # a call above 512 px (the encoder's activations grow with the pixels: ~1.5 GiB an image at 1024 px).
+    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for job in jobs:
+        by_size.setdefault(examples[job[0]].size, []).append(job)
+    for size, group in by_size.items():
+        per_call = max(1, encode_batch * 512 * 512 // (size[0] * size[1]))
+        for start in range(0, len(group), per_call):
+            chunk = group[start:start + per_call]
+            loaded = [load_pixels(examples[i], v, augment_config) for i, v in chunk]
+            latents = family.encode_images(pipe, torch.stack([p for p, _ in loaded]))
+            for (key, (_, meta)), latent in zip(zip(chunk, loaded), latents):
+                cache.latents[key] = latent.detach().to("cpu", torch.float32)
+                cache.meta[key] = meta
+            done += len(chunk)
             progress(Progress("cache", done, total))
     return cache
 

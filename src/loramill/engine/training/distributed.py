@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,30 +125,3 @@ def process_count(value: str | int) -> int:
         raise InvalidInput(f"--processes: give a whole number ≥ 1 or auto, got {value!r}", code="invalid_option",
                            field="processes")
     return count
-
-
-def launch(processes: int, argv: list[str]) -> int:
-    """Run ``loramill <argv>`` as ``processes`` processes on this machine (torchrun's standalone rendezvous).
-
-    Signals sent to this process go to torchrun, which passes them to every training process; the
-    exit status is the worst of theirs.
-    """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "loramill", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    child = subprocess.Popen(command, env=env)
-
-    received: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        received.append(signum)
-        child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = child.wait()
-        # Stopped on request (the processes saved a checkpoint): the status a signalled program has.
-        return 128 + received[0] if received else code
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

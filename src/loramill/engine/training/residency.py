@@ -24,47 +24,51 @@ class ParkedEncoders:
     names: list[str]
     device: torch.device
     park: torch.device
-    parked: bool = field(default=False)
+    away: list[str] = field(default_factory=list)  # the ones parked now
 
-    def leave(self) -> None:
-        """Move the components to the parking device and hand their memory back to the allocator."""
-        if self.parked or self.park == self.device:
+    @property
+    def parked(self) -> bool:
+        return bool(self.away)
+
+    def leave(self, only: tuple[str, ...] | None = None) -> None:
+        """Move the components (``only`` these, if given) to the parking device and free their memory."""
+        if self.park == self.device:
             return
         for name in self.names:
-            getattr(self.pipe, name).to(self.park)
-        self.parked = True
+            if (only is None or name in only) and name not in self.away:
+                getattr(self.pipe, name).to(self.park)
+                self.away.append(name)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def restore(self) -> None:
         """Bring every parked component back to the accelerator."""
-        if not self.parked:
-            return
-        for name in self.names:
+        for name in self.away:
             getattr(self.pipe, name).to(self.device)
-        self.parked = False
+        self.away = []
 
     @contextlib.contextmanager
     def back(self) -> Iterator[None]:
         """The components on the accelerator for the block's duration (validation images), parked again after."""
-        was_parked = self.parked
+        away = tuple(self.away)
         self.restore()
         try:
             yield
         finally:
-            if was_parked:
-                self.leave()
+            if away:
+                self.leave(only=away)
 
 
 def park_encoders(pipe: Any, text_encoders: tuple[str, ...], trained: set[str], device: torch.device,
                   park: torch.device | None = None) -> ParkedEncoders:
-    """Park the VAE and every text encoder not being trained (their outputs are cached) off ``device``.
+    """What to park off ``device`` once cached: the VAE and every text encoder not being trained.
+
+    Nothing moves until ``leave()`` (the text encoders alone: ``leave(only=...)``, as soon as the
+    captions are encoded).
 
     ``park`` defaults to host memory when ``device`` is an accelerator; on a CPU run there is nowhere
     cheaper to put them, so nothing moves.
     """
     park = park or torch.device("cpu")
     names = [n for n in ("vae", *text_encoders) if n not in trained and getattr(pipe, n, None) is not None]
-    parked = ParkedEncoders(pipe, names, device, park)
-    parked.leave()
-    return parked
+    return ParkedEncoders(pipe, names, device, park)

@@ -323,7 +323,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                 stop = exc
             if ranks.any(stop is not None):
                 # Cancel or shutdown (on any process): keep the work done so far, then all stop.
-                checkpoint()
+                if not (config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps):
+                    checkpoint()  # (unless this very step was just saved)
                 raise stop or StopRequested()
         metrics_file.close()
 

@@ -94,10 +94,17 @@ def handle_training(ctx: JobContext) -> JobEvent:
     def on_checkpoint(folder: Path) -> None:
         checkpoints.upload_checkpoint(ctx.storage, job.task_id, folder, ctx.io, keep=CHECKPOINTS_KEPT)
 
+    from loramill.engine.training.distributed import process_count
     from loramill.engine.training.run import train
 
+    processes = process_count(ctx.settings.train_processes)
     with ctx.stage("train"):
-        result = train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
+        if processes > 1:  # one job across this machine's GPUs; each process loads the base itself
+            from loramill.engine.training.launch import train_in_processes
+
+            result = train_in_processes(config, processes, progress=ctx.progress, on_checkpoint=on_checkpoint)
+        else:
+            result = train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
 
     # 6. Upload the LoRA and register it for generation jobs
     key = model_key(job.user_id, job.task_id)
