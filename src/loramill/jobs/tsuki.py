@@ -39,14 +39,14 @@ class TsukiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LORAMILL_TSUKI_", extra="ignore", populate_by_name=True)
 
-    api_gateway_url: str | None = Field(None, validation_alias="API_GATEWAY_URL",
+    api_gateway_url: str | None = Field(default=None, validation_alias="API_GATEWAY_URL",
                                         description="base URL status updates are PUT to (/update_db/{request_id})")
-    user_id: str = Field("tsuki", description="userId the jobs run as (owner of their images and of the LoRA)")
-    lora: str | None = Field(None, description="LoRA every job applies, as id[:weight] (a LoRA of user_id)")
-    public_url: str | None = Field(None, description="URL prefix of the storage as the public reaches it; "
+    user_id: str = Field(default="tsuki", description="userId the jobs run as (owner of their images and of the LoRA)")
+    lora: str | None = Field(default=None, description="LoRA every job applies, as id[:weight] (a LoRA of user_id)")
+    public_url: str | None = Field(default=None, description="URL prefix of the storage as the public reaches it; "
                                    "image_url = prefix + generated/{request_id}.png (default: the storage's URL)")
-    callback_attempts: int = Field(8, ge=1, description="tries of one status update before it is given up")
-    callback_timeout_seconds: float = Field(10.0, gt=0, description="how long one status update may take")
+    callback_attempts: int = Field(default=8, ge=1, description="tries of one status update before it is given up")
+    callback_timeout_seconds: float = Field(default=10.0, gt=0, description="how long one status update may take")
 
 
 def load_tsuki_settings() -> TsukiSettings:

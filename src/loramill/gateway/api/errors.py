@@ -96,7 +96,8 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         # Its "loc" is the character position, not a field: a truncated body is not "field 13"
         position = next((p for p in first.get("loc", ()) if isinstance(p, int)), None)
         where = f" at character {position}" if position is not None else ""
-        reason = str((first.get("ctx") or {}).get("error") or first.get("msg") or "invalid JSON")
+        context = first.get("ctx")
+        reason = str((context.get("error") if isinstance(context, dict) else None) or first.get("msg") or "invalid JSON")
         return JSONResponse(error_body("invalid_json", f"the request body is not valid JSON{where} ({reason}); "
                                        "send a complete JSON object"), status_code=422)
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,7 +22,7 @@ class _Bucket:
 class RateLimiter:
     """``rate`` submissions per second per user, bursts of up to ``burst``; in-process (per API replica)."""
 
-    def __init__(self, rate: float, burst: int, clock: type[time.monotonic] | None = None) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] | None = None) -> None:
         self.rate, self.burst = rate, burst
         self._clock = clock or time.monotonic
         self._buckets: dict[str, _Bucket] = {}
