@@ -84,3 +84,12 @@ def test_refuse_unsafe_key(storage: Storage, key: str, tmp_path: Path) -> None:
 def test_list_refuses_traversal_prefix(storage: Storage) -> None:
     with pytest.raises(InvalidInput):
         storage.list("../")
+
+
+def test_usage_sums_bytes_under_prefix_only(storage: Storage) -> None:
+    storage.put_bytes("users/u1/images/a.png", b"x" * 100)
+    storage.put_bytes("users/u1/models/m.safetensors", b"y" * 23)
+    storage.put_bytes("users/u10/images/b.png", b"z" * 7)  # shares the prefix text "users/u1", not the folder
+
+    assert storage.usage("users/u1/") == 123
+    assert storage.usage("users/u10/") == 7 and storage.usage("users/nobody/") == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.api.conftest import Api, make_api
+from tests.gateway.api.conftest import Api, make_api, png_bytes
 
 
 @pytest.fixture
@@ -46,3 +46,20 @@ def test_refuse_submissions_above_rate_with_retry_after(tmp_path: Path) -> None:
     assert "LORAMILL_USER_RATE_LIMIT" in answers[-1].json()["error"]["message"]
     assert 1 <= int(answers[-1].headers["Retry-After"]) <= 2
     assert bob.status_code == 202
+
+
+def test_refuse_upload_past_the_users_storage_quota(tmp_path: Path) -> None:
+    image = png_bytes(1)
+    api = make_api(tmp_path, user_storage_bytes=len(image) * 5 // 2)  # room for two of these images
+    with api.client:
+        first = api.client.post("/v1/trainings", headers=api.auth("alice"),
+                                files=[("images", ("a.png", image)), ("images", ("b.png", png_bytes(2)))])
+        over = api.client.post("/v1/trainings", headers=api.auth("alice"), files=[("images", ("c.png", png_bytes(3)))])
+        bob = api.client.post("/v1/trainings", headers=api.auth("bob"), files=[("images", ("d.png", image))])
+    api.broker.close()
+    api.store.close()
+
+    assert first.status_code == 202 and bob.status_code == 202  # bob's share is his own
+    assert over.status_code == 413
+    error = over.json()["error"]
+    assert error["code"] == "storage_quota_exceeded" and "LORAMILL_USER_STORAGE_BYTES" in error["message"]

@@ -37,6 +37,11 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str) -> list[str]: ...
 
+    def usage(self, prefix: str) -> int:
+        """Bytes stored under ``prefix`` (per-user storage quotas). Adapters answer from their listings;
+        this fallback reads every object."""
+        return sum(len(self.get_bytes(key)) for key in self.list(prefix))
+
     @abstractmethod
     def url(self, key: str, expires_in: int = 3600) -> str | None:
         """A URL a client can fetch the object from (presigned for S3), or ``None`` if not served."""

@@ -78,6 +78,10 @@ class LocalStorage(Storage):
         with _translate(key):
             path.unlink(missing_ok=True)
 
+    def usage(self, prefix: str) -> int:
+        """Bytes stored under ``prefix``, from the files' sizes."""
+        return sum((self.root / key).stat().st_size for key in self.list(prefix))
+
     def list(self, prefix: str) -> list[str]:
         """Keys starting with ``prefix`` (``""`` for all), sorted."""
         if prefix:

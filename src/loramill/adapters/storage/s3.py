@@ -155,6 +155,16 @@ class S3Storage(Storage):
             return str(self._presigner.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires))
 
+    def usage(self, prefix: str) -> int:
+        """Bytes stored under ``prefix``, from the listing's sizes (nothing is downloaded)."""
+        if prefix:
+            validate_key(prefix.rstrip("/") or "/")
+        total = 0
+        with self._translate("list", prefix):
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                total += sum(int(item.get("Size", 0)) for item in page.get("Contents", []))
+        return total
+
     def list(self, prefix: str) -> list[str]:
         """Keys starting with ``prefix``, sorted (S3 lists in key order)."""
         if prefix:

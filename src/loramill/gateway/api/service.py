@@ -22,6 +22,7 @@ from loramill.domain.records import JobRecord, LoraRecord, Page
 from loramill.domain.status import JobKind, JobStatus
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
 from loramill.gateway.api import metrics
+from loramill.gateway.api.errors import PayloadTooLarge
 from loramill.gateway.api.quotas import RateLimiter
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
@@ -81,6 +82,7 @@ class Gateway:
         # 4. The job in Selfix's format, checked by the same parser the worker uses before anything is stored
         job = parse_job({"taskId": task_id, "userId": who.user_id, "images": keys + list(uploads),
                          "configurationParams": dict(options), "priority": priority})
+        self._check_storage_quota(who, sum(len(image.data) for image in uploads.values()))
         for key, image in uploads.items():
             self.storage.put_bytes(key, image.data, image.content_type)
         return self._queue(who, job, idempotency_key)
@@ -148,6 +150,17 @@ class Gateway:
             error.retry_after = self.settings.retry_after_seconds  # type: ignore[attr-defined]
             metrics.REJECTED.inc()
             raise error
+
+    def _check_storage_quota(self, who: Principal, incoming: int) -> None:
+        """``PayloadTooLarge`` (413) when ``incoming`` bytes would take the user past ``LORAMILL_USER_STORAGE_BYTES``."""
+        quota = self.settings.user_storage_bytes
+        if not quota or not incoming:
+            return
+        used = self.storage.usage(f"users/{who.user_id}/")
+        if used + incoming > quota:
+            raise PayloadTooLarge(f"your files take {used} bytes and these uploads {incoming} more; the limit per user "
+                                  f"is {quota} (LORAMILL_USER_STORAGE_BYTES); delete LoRAs you no longer need "
+                                  "(DELETE /v1/loras/{id})", code="storage_quota_exceeded", field="images")
 
     def _refuse(self, message: str, code: str, retry_after: int) -> None:
         error = Overloaded(message, code=code)
