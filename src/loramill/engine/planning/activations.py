@@ -109,21 +109,22 @@ def count_activations(denoiser: torch.nn.Module, arch: Architecture, family: str
 
 def _inputs(arch: Architecture, family: str, resolution: int, batch: int, dtype: torch.dtype) -> dict[str, Any]:
     """The denoiser's inputs for one training batch at ``resolution``, as meta tensors."""
+
+    def empty(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
     side = resolution // arch.vae_scale
-    meta = dict(device="meta", dtype=dtype)
     text_width = arch.denoiser[1].get("cross_attention_dim") or arch.denoiser[1]["joint_attention_dim"]
-    text = torch.empty(batch, arch.text_tokens, text_width, **meta)  # type: ignore[arg-type]
+    text = empty(batch, arch.text_tokens, text_width)
     if family == "flux":
         tokens = (side // 2) ** 2  # 2×2 latent patches, packed into 64 channels
-        return dict(hidden_states=torch.empty(batch, tokens, arch.latent_channels * 4, **meta),  # type: ignore[arg-type]
-                    encoder_hidden_states=text, pooled_projections=torch.empty(batch, 768, **meta),  # type: ignore[arg-type]
-                    timestep=torch.empty(batch, **meta), guidance=torch.empty(batch, **meta),  # type: ignore[arg-type]
-                    img_ids=torch.empty(tokens, 3, device="meta"), txt_ids=torch.empty(arch.text_tokens, 3, device="meta"),
-                    return_dict=False)
-    inputs: dict[str, Any] = dict(sample=torch.empty(batch, arch.latent_channels, side, side, **meta),  # type: ignore[arg-type]
+        return dict(hidden_states=empty(batch, tokens, arch.latent_channels * 4), encoder_hidden_states=text,
+                    pooled_projections=empty(batch, 768), timestep=empty(batch), guidance=empty(batch),
+                    img_ids=torch.empty(tokens, 3, device="meta"),
+                    txt_ids=torch.empty(arch.text_tokens, 3, device="meta"), return_dict=False)
+    inputs: dict[str, Any] = dict(sample=empty(batch, arch.latent_channels, side, side),
                                   timestep=torch.empty(batch, device="meta"), encoder_hidden_states=text,
                                   return_dict=False)
     if family == "sdxl":
-        inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(batch, 1280, **meta),  # type: ignore[arg-type]
-                                       "time_ids": torch.empty(batch, 6, **meta)}  # type: ignore[arg-type]
+        inputs["added_cond_kwargs"] = {"text_embeds": empty(batch, 1280), "time_ids": empty(batch, 6)}
     return inputs
