@@ -100,8 +100,9 @@ def test_batch_must_split_evenly_and_process_counts_are_checked(tmp_path):
     check_shares(config(batch_size=4), Ranks(rank=1, world=2))
     with pytest.raises(InvalidInput, match="batch_size: 3 does not split over 2 processes"):
         check_shares(config(batch_size=3), Ranks(world=2))
-    with pytest.raises(InvalidInput, match="preserve_weight: is not supported with several training processes"):
-        check_shares(config(batch_size=2, preserve_weight=0.5), Ranks(world=2))
+    with pytest.raises(InvalidInput, match="prior_weight: is not supported with several training processes"):
+        check_shares(config(batch_size=2, prior_weight=0.5, class_word="dog"), Ranks(world=2))
+    check_shares(config(batch_size=2, preserve_weight=0.5), Ranks(world=2))  # shared like the main loss
     assert Ranks(rank=1, world=2).share(4) == slice(2, 4)
     assert process_count("3") == 3 and process_count("auto") == max(1, torch.cuda.device_count())
     with pytest.raises(InvalidInput, match="--processes"):

@@ -130,3 +130,23 @@ def test_masked_runs_train_and_refuse_images_without_any_mask(tiny_models, tmp_p
     with pytest.raises(InvalidInput, match="no training image has a face") as err:
         example_masks([Example(plain / "0.png", "sks", (64, 64))], "face")
     assert err.value.field == "masked_loss"
+
+
+@pytest.mark.slow
+def test_two_processes_with_preservation_and_replay_train_the_single_process_lora(tiny_models, sample_images,
+                                                                                 tmp_path):
+    import subprocess
+
+    from tests.engine.training.test_distributed import _assert_same_lora, _cli, _env
+
+    model = tiny_models["sd15"]
+    first = train(train_config(model, sample_images, tmp_path / "a.safetensors", max_steps=2)).lora_path
+    extra = dict(init_lora=str(first), preserve_weight=1.0, class_word="face", replay_images=str(sample_images))
+    single = train(train_config(model, sample_images, tmp_path / "one.safetensors", max_steps=3, batch_size=2,
+                                **extra))
+    two = tmp_path / "two.safetensors"
+    done = subprocess.run(_cli(model, sample_images, two, "--max-steps", "3", "--processes", "2", "--init-lora",
+                               str(first), "--preserve-weight", "1", "--class-word", "face", "--replay-images",
+                               str(sample_images)), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_lora(single.lora_path, two)

@@ -96,9 +96,10 @@ def check_shares(config: Any, ranks: Ranks) -> None:
     if config.batch_size % ranks.world:
         raise option_error("batch_size", f"{config.batch_size} does not split over {ranks.world} processes; use a "
                            f"multiple of {ranks.world} (it is the global batch: each process takes an equal share)")
-    # These draw or evaluate outside the shared batch; across processes they are not implemented yet.
-    for name, used in (("preserve_weight", config.preserve_weight), ("replay_images", config.replay_images),
-                       ("prior_weight", config.prior_weight), ("eval_every", config.eval_every)):
+    # These write files or evaluate outside the shared batch; across processes they are not implemented yet.
+    # (Teacher preservation takes each process's share like the main loss; replay batches are drawn whole on
+    # every process, so the averaged gradient is one process's.)
+    for name, used in (("prior_weight", config.prior_weight), ("eval_every", config.eval_every)):
         if used:
             raise option_error(name, "is not supported with several training processes yet; train it on one "
                                "process (--processes 1)")

@@ -55,11 +55,16 @@ class Objective:
 
     def preservation(self, noised: Noised, student_cond: dict[str, torch.Tensor],
                      teacher_cond: dict[str, torch.Tensor], meta: list[ImageMeta], models: list[torch.nn.Module],
-                     teacher: str | None) -> torch.Tensor:
+                     teacher: str | None, share: slice | None = None) -> torch.Tensor:
         """L2 between the student's and the teacher's predictions on the same noisy latents under a
         trigger-free prompt (differential output preservation). The teacher is the same model with the
         adapters switched: ``None`` for the bare base, or the frozen adapter holding the LoRA continued
-        from — never a second model in memory."""
+        from — never a second model in memory. ``share``: as in ``denoising`` (``noised`` is already this
+        process's rows; the prompts and metadata are cut to match)."""
+        if share is not None:
+            student_cond = {k: v[share] for k, v in student_cond.items()}
+            teacher_cond = {k: v[share] for k, v in teacher_cond.items()}
+            meta = meta[share]
         with torch.no_grad(), active_adapter(models, teacher):
             target = self.family.predict(self.pipe, noised, teacher_cond, meta, self.options)
         pred = self.family.predict(self.pipe, noised, student_cond, meta, self.options)

@@ -275,15 +275,16 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     # Several processes: each draws the whole batch's noise (one process's RNG stream) and
                     # predicts its own share of it.
+                    share = ranks.share(latents.shape[0]) if ranks.world > 1 else None
                     loss, noised = objective.denoising(latents.to(device), encode(captions), meta, generator, mask,
-                                                       share=ranks.share(latents.shape[0]) if ranks.world > 1 else None)
+                                                       share=share)
                     if config.preserve_weight:
                         keep = preservation_prompts(captions, triggers, config.class_word, config.preserve_prompts,
                                                     micro)
                         with adapters.active_adapter(models[1:], teacher), torch.no_grad():
                             teacher_cond = encode(keep)
                         loss = loss + config.preserve_weight * objective.preservation(
-                            noised, encode(keep), teacher_cond, meta, models, teacher)
+                            noised, encode(keep), teacher_cond, meta, models, teacher, share)
                     for extra in extras:
                         x_latents, x_meta, x_captions = extra.batch(config.batch_size, config.seed, micro)
                         loss = loss + extra.weight * objective.denoising(
