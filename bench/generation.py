@@ -1,116 +1,103 @@
-"""CPU generation at real model size: loramill's resident generator against the plain diffusers call.
+"""CPU generation: what each serving piece buys at real model size, and what each quality level costs.
 
-1. Speed at real size. The real SD 1.5 architecture (random weights, full size; the configs of
-   ``engine.planning.architectures``) at 512 px, written once as a diffusers folder. Baseline: the call a
-   user writes, ``StableDiffusionPipeline.from_pretrained(folder)(prompt)`` with diffusers' defaults (50 PNDM
-   steps, guidance 7.5, fp32). loramill: its ``Generator`` with the serving defaults, at each quality level
-   of the load policy. Every side runs in its own process (peak RSS is that process's) and renders one
-   warm-up image first, so both report a resident worker's steady state: s/image and peak RSS.
-2. What each level costs in quality, on the reference world (the trained tiny SD 1.5 and its scorer):
-   classifier adherence over every base colour × shape, and the CLIP image similarity of each level's
+1. Real size, piece by piece. The real SD 1.5 architecture (random weights, full size; the configs of
+   ``engine.planning.architectures``) in one process: the text encoder, one UNet call at 512 px with
+   guidance (batch 2) in fp32, bf16 and channels-last, a DeepCache step between full ones, a UNet call at
+   384 px, and the VAE decode. An image is encode + its UNet calls + decode, run one after another, so
+   s/image for diffusers' defaults (``StableDiffusionPipeline(...)(prompt)``: 50 PNDM steps = 51 calls,
+   fp32) and for every quality level is composed from these measured parts. One full image at real size
+   takes minutes here; the parts take seconds each and are timed as the best of two.
+2. Quality, on the reference world (the trained tiny SD 1.5, its scorer and CLIP): each level renders
+   every base colour × shape for four seeds; classifier adherence, and the CLIP similarity of each level's
    image to the full-quality image of the same prompt and seed.
-3. What each serving piece buys at real size on its own (one UNet call, batch 2 as with guidance):
-   fp32 vs bf16, channels-last, and a DeepCache step vs a full one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, Result, speedup, workdir
 from bench.training import _env
 
-PROMPT = "a photo of a red fox in the snow"
-SIDE = 512
 QUALITY_SEEDS = (0, 1, 2, 3)
+QUALITY_STEPS = 20
+BASELINE_CALLS = 51  # diffusers' default 50 PNDM steps run 51 UNet calls (PNDM adds one)
 
-
-def real_sd15(folder: Path) -> Path:
-    """The real SD 1.5 architecture with random weights (seed 0) as a diffusers folder, written once."""
-    if (folder / "model_index.json").exists():
-        return folder
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from loramill.engine.models.tokenizers import clip_tokenizer
-    from loramill.engine.planning.architectures import ARCHITECTURES
-
-    arch = ARCHITECTURES["sd15"]
-    torch.manual_seed(0)
-    text_class, text_config = arch.text_encoders["text_encoder"]
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_config(arch.vae), text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)),
-        tokenizer=clip_tokenizer(), unet=UNet2DConditionModel.from_config(arch.denoiser[1]),
-        scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-# One process per side: ``python -c CHILD <json args>`` prints one JSON line.
 CHILD = """
-import json, resource, sys, time, torch
-args = json.loads(sys.argv[1])
-from bench.generation import child
-print("RESULT " + json.dumps(child(**args)), flush=True)
+import json, sys
+from bench.generation import real_size_parts
+print("RESULT " + json.dumps(real_size_parts(**json.loads(sys.argv[1]))), flush=True)
 """
 
 
-def child(side: str, model: str, level: str | None = None, steps: int | None = None, repeats: int = 1,
-          serving: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Render ``repeats`` images after a warm-up one, on one side; seconds per image and peak RSS (MB)."""
+def _best(fn: Any, repeats: int = 2) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
+def real_size_parts(side: int = 512, small_side: int = 384) -> dict[str, float]:
+    """Seconds of each part of a real-size SD 1.5 image (random weights), best of two each."""
     import resource
 
     import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from loramill.engine.planning.architectures import ARCHITECTURES
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    if side == "baseline":
-        from diffusers import StableDiffusionPipeline
+    from loramill.engine.generation.deepcache import deep_cache
 
-        pipe = StableDiffusionPipeline.from_pretrained(model)
-        pipe.set_progress_bar_config(disable=True)
-
-        def render(seed: int) -> Any:
-            kwargs = {"num_inference_steps": steps} if steps else {}
-            return pipe(PROMPT, generator=torch.Generator().manual_seed(seed), **kwargs).images[0]
-    else:
-        from loramill.engine.generation.generate import Generator
-        from loramill.engine.generation.quality import level_request, levels_for
-        from loramill.engine.generation.request import GenerateRequest
-        from loramill.engine.generation.serving import ServingSettings
-
-        generator = Generator(model, serving=ServingSettings(**(serving or {})))
-        chosen = {lv.name: lv for lv in levels_for(generator.family_name)}[level or "full"]
-
-        def render(seed: int) -> Any:
-            request = GenerateRequest(PROMPT, seed=seed, steps=steps, width=SIDE, height=SIDE)
-            return generator.generate(level_request(request, chosen, generator.family_name))[0].image
-
-    render(0)  # warm-up: a resident worker has already run once (allocator, oneDNN kernels, compile)
-    started = time.perf_counter()
-    for i in range(repeats):
-        render(1 + i)
-    seconds = (time.perf_counter() - started) / repeats
-    return {"seconds_per_image": round(seconds, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-
-
-def _run_child(**args: Any) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=7200)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{args.get('side')} {args.get('level')} exited {proc.returncode}: {proc.stderr[-800:]}")
+    arch = ARCHITECTURES["sd15"]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(arch.denoiser[1]).eval()
+    vae = AutoencoderKL.from_config(arch.vae).eval()
+    text = CLIPTextModel(CLIPTextConfig(**arch.text_encoders["text_encoder"][1])).eval()
+    tokens = torch.randint(0, 49408, (2, 77))
+    latents, small = torch.randn(2, 4, side // 8, side // 8), torch.randn(2, 4, small_side // 8, small_side // 8)
+    cond, t = torch.randn(2, 77, 768), torch.tensor([500, 500])
+    parts: dict[str, float] = {}
+    with torch.inference_mode():
+        parts["encode"] = _best(lambda: text(tokens))
+        parts["decode"] = _best(lambda: vae.decode(latents[:1] / vae.config.scaling_factor))
+        parts["unet_fp32"] = _best(lambda: unet(latents, t, cond))
+        parts["unet_fp32_small"] = _best(lambda: unet(small, t, cond))
+        with deep_cache(unet, 2):
+            unet(latents, t, cond)  # the full step that records the deep features
+            parts["unet_deep_cache_step"] = _best(lambda: unet(latents, t, cond), repeats=1)
+        unet_cl = unet.to(memory_format=torch.channels_last)
+        cl = latents.to(memory_format=torch.channels_last)
+        parts["unet_fp32_channels_last"] = _best(lambda: unet_cl(cl, t, cond))
+        unet_bf16 = unet.to(dtype=torch.bfloat16, memory_format=torch.contiguous_format)
+        parts["unet_bf16"] = _best(lambda: unet_bf16(latents.bfloat16(), t, cond.bfloat16()))
+    parts["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return parts
 
 
-def quality_by_level(levels: list[str]) -> dict[str, dict[str, float]]:
+def _calls(steps: int, deep_cache: int) -> tuple[int, int]:
+    """(full UNet calls, DeepCache calls) of a ``steps``-step run: every interval-th step runs in full."""
+    full = math.ceil(steps / deep_cache)
+    return full, steps - full
+
+
+def image_seconds(parts: dict[str, float], steps: int, deep_cache: int = 1, small: bool = False,
+                  unet: str = "unet_fp32") -> float:
+    """Composed seconds of one image: encode + UNet calls + decode (a smaller image scales the decode)."""
+    full, cached = _calls(steps, deep_cache)
+    call = parts["unet_fp32_small"] if small else parts[unet]
+    cached_share = parts["unet_deep_cache_step"] / parts["unet_fp32"]
+    decode = parts["decode"] * ((384 / 512) ** 2 if small else 1)
+    return round(parts["encode"] + full * call + cached * call * cached_share + decode, 2)
+
+
+def quality_by_level() -> dict[str, dict[str, float]]:
     """Adherence and CLIP similarity to the full-quality image, per level, on the reference SD 1.5."""
     import torch
 
@@ -122,61 +109,67 @@ def quality_by_level(levels: list[str]) -> dict[str, dict[str, float]]:
     from loramill.engine.reference.models import write_reference_model
     from loramill.engine.reference.scorer import adherence
 
-    folder = write_reference_model("sd15", workdir("generation") / "reference-sd15")
+    folder = workdir("generation") / "reference-sd15"
+    if not (folder / "model_index.json").exists():
+        write_reference_model("sd15", folder)
     generator = Generator(str(folder))
-    by_name = {lv.name: lv for lv in levels_for(generator.family_name)}
     model, processor = rclip.load_trained_clip()
     prompts = base_prompts(QUALITY_SEEDS)
     images: dict[str, list[Any]] = {}
-    for name in levels:
-        images[name] = []
-        for spec, seed in prompts:
-            request = GenerateRequest(spec.caption, seed=seed, steps=20)
-            images[name] += [generator.generate(level_request(request, by_name[name], generator.family_name))[0].image]
+    for level in levels_for():
+        images[level.name] = [
+            generator.generate(level_request(GenerateRequest(spec.caption, seed=seed, steps=QUALITY_STEPS),
+                                             level, "sd15"))[0].image for spec, seed in prompts]
     full = rclip.image_embeddings(model, processor, images["full"])
     out = {}
-    for name in levels:
-        emb = rclip.image_embeddings(model, processor, images[name])
-        out[name] = {"adherence": round(adherence(images[name], [s for s, _ in prompts]), 4),
+    for name, rendered in images.items():
+        emb = rclip.image_embeddings(model, processor, rendered)
+        out[name] = {"adherence": round(adherence(rendered, [s for s, _ in prompts]), 4),
                      "clip_to_full": round(float(torch.nn.functional.cosine_similarity(emb, full).mean()), 4)}
     return out
 
 
 def run(quick: bool = False) -> list[Result]:
-    from loramill.engine.generation.quality import levels_for
+    from loramill.engine.families import get_family
+    from loramill.engine.generation.quality import apply_level, levels_for
 
-    levels = [lv.name for lv in levels_for("sd15")]
-    quality = quality_by_level(levels)
-    if quick:  # the real-size model takes minutes an image here; --quick checks the plumbing on the reference model
-        model = str(workdir("generation") / "reference-sd15")
-        steps: int | None = 20
-    else:
-        model, steps = str(real_sd15(workdir("models") / "sd15-real")), None
-    base = _run_child(side="baseline", model=model, steps=steps)
+    # 1. Real-size parts in their own process (its peak RSS is the model's), then quality on the reference world.
+    args = {"side": 256, "small_side": 192} if quick else {}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=3600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"real-size parts exited {proc.returncode}: {proc.stderr[-800:]}")
+    parts = json.loads(lines[0][len("RESULT "):])
+    quality = quality_by_level()
+
+    # 2. diffusers' defaults against each level at SD 1.5's default steps.
+    baseline = round(parts["encode"] + BASELINE_CALLS * parts["unet_fp32"] + parts["decode"], 2)
+    default_steps = get_family("sd15").DEFAULT_STEPS
+    size = "reference-size parts, 256 px" if quick else "real SD 1.5, 512 px"
     results = []
-    for name in levels:
-        ours = _run_child(side="loramill", model=model, level=name, steps=steps)
-        ratio = speedup(base["seconds_per_image"], ours["seconds_per_image"])
-        lost = round(100 * (quality["full"]["adherence"] - quality[name]["adherence"]), 1)
-        target = "≥ 3× with ≤ 2 points adherence lost" if name == "full" else (
-            "≥ 10×" if name == levels[-1] else "report")
-        met = None
-        if name == "full":
-            met = ratio is not None and ratio >= 3 and lost <= 2
-        elif name == levels[-1]:
-            met = ratio is not None and ratio >= 10
-        size = "reference 64 px" if quick else "real SD 1.5, 512 px"
+    for level in levels_for():
+        steps, _, _ = apply_level(default_steps, 512, 512, level)
+        # PNDM (the model's own scheduler, the full level) runs one call more than its steps, like the baseline.
+        calls = steps + 1 if level.sampler is None else steps
+        ours = image_seconds(parts, calls, level.deep_cache, small=level.resolution_factor < 1)
+        ratio = speedup(baseline, ours)
+        lost = round(100 * (quality["full"]["adherence"] - quality[level.name]["adherence"]), 1)
+        target, met = "report", None
+        if level.name == "full":
+            target, met = "≥ 3× at ≤ 2 points adherence lost", bool(ratio and ratio >= 3 and lost <= 2)
+        elif level.name == "fastest":
+            target, met = "≥ 10×", bool(ratio and ratio >= 10)
         results.append(Result(
-            f"CPU generation, {size}, level {name}", "s/image", base["seconds_per_image"], ours["seconds_per_image"],
-            ratio, target, met, "make bench BENCH=generation",
-            details={"baseline": base, "loramill": ours, "quality": quality[name], "adherence_points_lost": lost},
-            note=f"adherence {quality[name]['adherence']:.2f} (full {quality['full']['adherence']:.2f}), "
-                 f"CLIP to full {quality[name]['clip_to_full']:.3f}"))
+            f"CPU generation, {size}, level {level.name} ({steps} steps, {level.sampler or 'PNDM'}, "
+            f"DeepCache {level.deep_cache})", "s/image (composed)", baseline, ours, ratio, target, met,
+            "make bench BENCH=generation",
+            details={"parts": parts, "quality": quality[level.name], "adherence_points_lost": lost},
+            note=f"adherence {quality[level.name]['adherence']:.2f} (full {quality['full']['adherence']:.2f}), "
+                 f"CLIP to full {quality[level.name]['clip_to_full']:.3f}"))
+    for piece, key in (("bf16", "unet_bf16"), ("channels-last", "unet_fp32_channels_last"),
+                       ("DeepCache step vs full step", "unet_deep_cache_step")):
+        results.append(Result(f"CPU generation, {size}: one UNet call, fp32 vs {piece}", "s/call",
+                              parts["unet_fp32"], parts[key], speedup(parts["unet_fp32"], parts[key]), "report",
+                              None, "make bench BENCH=generation", details={"parts": parts}))
     return results
-
-
-if __name__ == "__main__":
-    started = time.perf_counter()
-    for r in run(quick="--quick" in sys.argv):
-        print(r)
-    print(f"{time.perf_counter() - started:.0f}s")

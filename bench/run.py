@@ -1,6 +1,7 @@
 """Run the benchmarks, print the table and merge the figures into bench/results.json.
 
-    python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe,lora_quality] [--quick]
+    python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe,lora_quality,generation]
+                        [--quick]
                         [--reference-script PATH --reference-python PATH]
 
 ``make bench`` calls this; see docs/performance.md for what each benchmark measures and why.
@@ -20,7 +21,7 @@ import traceback
 from bench.common import RESULTS, Result, machine, save_results, table
 
 BENCHMARKS = ("training", "loras", "orchestration", "coldstart", "quality", "adherence", "recipe", "lora_quality",
-              "realsize")
+              "realsize", "generation")
 
 
 def main(argv: list[str] | None = None) -> int:
