@@ -1,14 +1,14 @@
 """CPU generation: what each serving piece buys at real model size, and what each quality level costs.
 
-1. Real size, piece by piece. The real SD 1.5 architecture (random weights, full size; the configs of
-   ``engine.planning.architectures``) in one process: the text encoder, one UNet call at 512 px with
-   guidance (batch 2) in fp32, bf16 and channels-last, a DeepCache step between full ones, a UNet call at
+1. Real size, piece by piece. The real SD 1.5 architecture (random weights, full size:
+   ``engine.models.realsize``) in one process: the text encoder, one UNet call at 512 px with guidance
+   (batch 2) in fp32, bf16 and channels-last, a DeepCache step between full ones, a UNet call at
    384 px, and the VAE decode. An image is encode + its UNet calls + decode, run one after another, so
    s/image for diffusers' defaults (``StableDiffusionPipeline(...)(prompt)``: 50 PNDM steps = 51 calls,
    fp32) and for every quality level is composed from these measured parts. One full image at real size
    takes minutes here; the parts take seconds each and are timed as the best of two.
-2. Quality, on the reference world (the trained tiny SD 1.5, its scorer and CLIP): each level renders
-   every base colour × shape for four seeds; classifier adherence, and the CLIP similarity of each level's
+2. Quality, on the reference world (the trained tiny SD 1.5, its scorer and CLIP): each level, in fp32
+   and in bf16, renders every base colour × shape for four seeds; classifier adherence, and the CLIP similarity of each level's
    image to the full-quality image of the same prompt and seed.
 """
 
@@ -26,6 +26,7 @@ from bench.training import _env
 
 QUALITY_SEEDS = (0, 1, 2, 3)
 QUALITY_STEPS = 20
+PRECISIONS = ("fp32", "bf16")
 BASELINE_CALLS = 51  # diffusers' default 50 PNDM steps run 51 UNet calls (PNDM adds one)
 
 CHILD = """
@@ -49,17 +50,12 @@ def real_size_parts(side: int = 512, small_side: int = 384) -> dict[str, float]:
     import resource
 
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from loramill.engine.planning.architectures import ARCHITECTURES
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from loramill.engine.generation.deepcache import deep_cache
+    from loramill.engine.models.realsize import build_real_size
 
-    arch = ARCHITECTURES["sd15"]
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(arch.denoiser[1]).eval()
-    vae = AutoencoderKL.from_config(arch.vae).eval()
-    text = CLIPTextModel(CLIPTextConfig(**arch.text_encoders["text_encoder"][1])).eval()
+    pipe = build_real_size("sd15")
+    unet, vae, text = pipe.unet.eval(), pipe.vae.eval(), pipe.text_encoder.eval()
     tokens = torch.randint(0, 49408, (2, 77))
     latents, small = torch.randn(2, 4, side // 8, side // 8), torch.randn(2, 4, small_side // 8, small_side // 8)
     cond, t = torch.randn(2, 77, 768), torch.tensor([500, 500])
@@ -98,12 +94,14 @@ def image_seconds(parts: dict[str, float], steps: int, deep_cache: int = 1, smal
 
 
 def quality_by_level() -> dict[str, dict[str, float]]:
-    """Adherence and CLIP similarity to the full-quality image, per level, on the reference SD 1.5."""
+    """Adherence and CLIP similarity to the full-quality fp32 image, per precision and level ("bf16 fast"),
+    on the reference SD 1.5."""
     import torch
 
     from loramill.engine.generation.generate import Generator
     from loramill.engine.generation.quality import level_request, levels_for
     from loramill.engine.generation.request import GenerateRequest
+    from loramill.engine.generation.serving import ServingSettings
     from loramill.engine.reference import clip as rclip
     from loramill.engine.reference.adherence import base_prompts
     from loramill.engine.reference.models import write_reference_model
@@ -112,15 +110,16 @@ def quality_by_level() -> dict[str, dict[str, float]]:
     folder = workdir("generation") / "reference-sd15"
     if not (folder / "model_index.json").exists():
         write_reference_model("sd15", folder)
-    generator = Generator(str(folder))
     model, processor = rclip.load_trained_clip()
     prompts = base_prompts(QUALITY_SEEDS)
     images: dict[str, list[Any]] = {}
-    for level in levels_for():
-        images[level.name] = [
-            generator.generate(level_request(GenerateRequest(spec.caption, seed=seed, steps=QUALITY_STEPS),
-                                             level, "sd15"))[0].image for spec, seed in prompts]
-    full = rclip.image_embeddings(model, processor, images["full"])
+    for precision in PRECISIONS:
+        generator = Generator(str(folder), serving=ServingSettings(precision=precision))
+        for level in levels_for():
+            images[f"{precision} {level.name}"] = [
+                generator.generate(level_request(GenerateRequest(spec.caption, seed=seed, steps=QUALITY_STEPS),
+                                                 level, "sd15"))[0].image for spec, seed in prompts]
+    full = rclip.image_embeddings(model, processor, images["fp32 full"])
     out = {}
     for name, rendered in images.items():
         emb = rclip.image_embeddings(model, processor, rendered)
@@ -148,25 +147,28 @@ def run(quick: bool = False) -> list[Result]:
     default_steps = get_family("sd15").DEFAULT_STEPS
     size = "reference-size parts, 256 px" if quick else "real SD 1.5, 512 px"
     results = []
-    for level in levels_for():
-        steps, _, _ = apply_level(default_steps, 512, 512, level)
-        # PNDM (the model's own scheduler, the full level) runs one call more than its steps, like the baseline.
-        calls = steps + 1 if level.sampler is None else steps
-        ours = image_seconds(parts, calls, level.deep_cache, small=level.resolution_factor < 1)
-        ratio = speedup(baseline, ours)
-        lost = round(100 * (quality["full"]["adherence"] - quality[level.name]["adherence"]), 1)
-        target, met = "report", None
-        if level.name == "full":
-            target, met = "≥ 3× at ≤ 2 points adherence lost", bool(ratio and ratio >= 3 and lost <= 2)
-        elif level.name == "fastest":
-            target, met = "≥ 10×", bool(ratio and ratio >= 10)
-        results.append(Result(
-            f"CPU generation, {size}, level {level.name} ({steps} steps, {level.sampler or 'PNDM'}, "
-            f"DeepCache {level.deep_cache})", "s/image (composed)", baseline, ours, ratio, target, met,
-            "make bench BENCH=generation",
-            details={"parts": parts, "quality": quality[level.name], "adherence_points_lost": lost},
-            note=f"adherence {quality[level.name]['adherence']:.2f} (full {quality['full']['adherence']:.2f}), "
-                 f"CLIP to full {quality[level.name]['clip_to_full']:.3f}"))
+    for precision in PRECISIONS:
+        for level in levels_for():
+            steps, _, _ = apply_level(default_steps, 512, 512, level)
+            # PNDM (the model's own scheduler, the full level) runs one call more than its steps, as the baseline.
+            calls = steps + 1 if level.sampler is None else steps
+            scale = parts["unet_bf16"] / parts["unet_fp32"] if precision == "bf16" else 1.0
+            ours = round(image_seconds(parts, calls, level.deep_cache, small=level.resolution_factor < 1) * scale, 2)
+            ratio = speedup(baseline, ours)
+            name = f"{precision} {level.name}"
+            lost = round(100 * (quality["fp32 full"]["adherence"] - quality[name]["adherence"]), 1)
+            target, met = "report", None
+            if level.name == "full":
+                target, met = "≥ 3× at ≤ 2 points adherence lost", bool(ratio and ratio >= 3 and lost <= 2)
+            elif level.name == "fastest":
+                target, met = "≥ 10×", bool(ratio and ratio >= 10)
+            results.append(Result(
+                f"CPU generation, {size}, {precision}, level {level.name} ({steps} steps, "
+                f"{level.sampler or 'PNDM'}, DeepCache {level.deep_cache})", "s/image (composed)", baseline, ours,
+                ratio, target, met, "make bench BENCH=generation",
+                details={"parts": parts, "quality": quality[name], "adherence_points_lost": lost},
+                note=f"adherence {quality[name]['adherence']:.2f} (fp32 full {quality['fp32 full']['adherence']:.2f}),"
+                     f" CLIP to fp32 full {quality[name]['clip_to_full']:.3f}"))
     for piece, key in (("bf16", "unet_bf16"), ("channels-last", "unet_fp32_channels_last"),
                        ("DeepCache step vs full step", "unet_deep_cache_step")):
         results.append(Result(f"CPU generation, {size}: one UNet call, fp32 vs {piece}", "s/call",

@@ -1,6 +1,7 @@
 """Run the benchmarks, print the table and merge the figures into bench/results.json.
 
-    python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe,lora_quality,generation]
+    python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe,lora_quality,
+                                realsize,generation]
                         [--quick]
                         [--reference-script PATH --reference-python PATH]
 
