@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--seed", type=int, default=0, help="weights are deterministic for a seed (default 0)")
     tiny.set_defaults(func=_tiny)
     reference = models_sub.add_parser(
-        "reference", help="write a small model trained on loramill's coloured-shapes domain (SD 1.5 or FLUX.1 "
-        "architecture, or the domain's CLIP): it draws what you prompt, so LoRA training shows real learning")
+        "reference", help="write a small model trained on loramill's coloured-shapes world (the SD 1.5 or FLUX.1 "
+        "architecture, or the world's CLIP model), from the weights `make reference-models` trains; see "
+        "docs/quality.md")
     reference.add_argument("name", choices=REFERENCE_MODELS)
     reference.add_argument("out_dir", metavar="DIR")
     reference.set_defaults(func=_reference)

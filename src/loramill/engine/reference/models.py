@@ -141,17 +141,22 @@ def manifest() -> dict[str, Any]:
     return json.loads(MANIFEST.read_text())
 
 
-def load_trained(name: str, weights_dir: Path = WEIGHTS_DIR) -> Any:
+def load_trained(name: str) -> Any:
     """The trained ``name`` pipeline (fp32), built from the architecture here and the shipped weights."""
     from safetensors.torch import load_file
 
     if name not in COMPONENT_FILES:
         raise InvalidInput(f"unknown reference model {name!r}; choose one of: {', '.join((*FAMILY_MODELS, 'clip'))}",
                            code="unknown_family", field="family")
-    info = json.loads((weights_dir / "reference.json").read_text()) if weights_dir != WEIGHTS_DIR else manifest()
+    info = manifest()
+    missing = [key for key in ("vae", name) if key not in info]
+    if missing:
+        raise InvalidInput(f"the reference {name} model is not trained yet ({', '.join(missing)} missing from "
+                           f"{MANIFEST}); run `make reference-models` to train it", code="model_not_found",
+                           field="model")
     pipe = build(name, info["vae"])
     for component, filename in COMPONENT_FILES[name].items():
-        path = weights_dir / filename
+        path = WEIGHTS_DIR / filename
         if not path.is_file():
             raise InvalidInput(f"reference weights {path} are missing; run `make reference-models` to train them",
                                code="model_not_found", field="model")
