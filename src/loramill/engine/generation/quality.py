@@ -151,10 +151,11 @@ def level_request(request: Any, level: QualityLevel, family_name: str | None) ->
     if level is FULL or (level.cost >= 1 and level.sampler is None):
         return request
     family = get_family(family_name) if family_name else None
-    few_step = level.few_step_lora is not None and family_name == level.few_step_family
-    if few_step:  # the LoRA decides the step count and the guidance; the user's LoRAs stay
+    lora = level.few_step_lora
+    few_step = lora is not None and family_name == level.few_step_family
+    if lora is not None and few_step:  # the LoRA decides the step count and the guidance; the user's LoRAs stay
         update: dict[str, Any] = {"steps": level.fixed_steps, "guidance": level.guidance,
-                                  "loras": [*request.loras, LoraRef(path=level.few_step_lora, weight=1.0)]}
+                                  "loras": [*request.loras, LoraRef(path=lora, weight=1.0)]}
         degraded = request.model_copy(update=update)
     else:
         degraded = degrade_request(request, level, default_steps=family.DEFAULT_STEPS if family else 30,
