@@ -91,6 +91,14 @@ class ApiKeyRecord:
 
 
 @dataclass(frozen=True)
+class PendingDelivery:
+    """A job whose result a Telegram chat is still waiting for."""
+
+    task_id: str
+    chat_id: int
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a listing; pass ``next_cursor`` back for the next page (``None``: no more)."""
 

@@ -24,6 +24,7 @@ from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
 from loramill.adapters.store import JobStore
 from loramill.config import Config, load_config, open_broker, open_storage, open_store
+from loramill.domain.ports import Store
 from loramill.gateway.settings import GatewaySettings
 
 log = logging.getLogger("loramill.serve")
@@ -113,7 +114,7 @@ def bot_available() -> bool:
         importlib.util.find_spec("loramill.gateway.bot.app") is not None
 
 
-def start_bot(store: JobStore, storage: Storage, broker: Broker, gateway_settings: GatewaySettings) -> BotThread:
+def start_bot(store: Store, storage: Storage, broker: Broker, gateway_settings: GatewaySettings) -> BotThread:
     """Run ``loramill.gateway.bot.app.run_bot`` in a thread with its own event loop."""
     from loramill.gateway.bot.app import run_bot
     from loramill.gateway.bot.settings import load_bot_settings

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobStore
+from loramill.domain.ports import JobRepository
 from loramill.domain.records import JobRecord
 from loramill.domain.status import AttemptStart, JobStatus
 from loramill.errors import Conflict, LoramillError, TransientError
@@ -35,7 +35,7 @@ Job = TrainingJob | GenerationJob
 class JobRecorder:
     """Claims jobs and records their events in the store, then publishes them on the broker."""
 
-    def __init__(self, store: JobStore, broker: Broker, storage: Storage, policy: RetryPolicy,
+    def __init__(self, store: JobRepository, broker: Broker, storage: Storage, policy: RetryPolicy,
                  should_stop: Callable[[], bool] = lambda: False, *, progress_topic: str | None = None) -> None:
         self.store = store
         self.progress_topic = progress_topic  # where processing events go on the broker (None: nowhere)
@@ -56,7 +56,7 @@ class JobRecorder:
     # -- claiming --------------------------------------------------------------------------------
 
     def claim_and_start(self, job: Job, stale_after: float) -> tuple[JobRecord, AttemptStart]:
-        """Claim the job and start an attempt, in one store transaction (``JobStore.claim_job``).
+        """Claim the job and start an attempt, in one store transaction (``JobRepository.claim_job``).
 
         Returns the job's record as it was and ``STARTED`` (the client is told), ``BUSY`` (a live
         worker is running this job: a duplicate copy) or ``FINISHED`` (already terminal). The record

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from loramill import metrics
 from loramill.adapters.broker.base import Broker, Delivery
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobStore
+from loramill.domain.ports import Store
 from loramill.domain.status import AttemptStart, JobKind, JobStatus
 from loramill.engine.progress import StopRequested
 from loramill.errors import Conflict, LoramillError, TransientError
@@ -64,7 +64,7 @@ class Outcome(StrEnum):
 class Worker:
     """Consumes jobs from ``broker`` until ``stop()`` (SIGTERM) or ``max_jobs`` deliveries."""
 
-    def __init__(self, settings: WorkerSettings, broker: Broker, store: JobStore, storage: Storage,
+    def __init__(self, settings: WorkerSettings, broker: Broker, store: Store, storage: Storage,
                  *, models: ResidentModels | None = None) -> None:
         self.settings = settings
         self.broker = broker

@@ -8,7 +8,7 @@ from sqlalchemy.engine import make_url
 
 from loramill.adapters.store import JobStore, upgrade
 
-TABLES = ["job_events", "api_keys", "queue_messages", "loras", "users", "jobs"]
+TABLES = ["job_events", "api_keys", "queue_messages", "loras", "users", "jobs", "telegram_deliveries"]
 
 
 def create_database(server_url: str, name: str) -> str:

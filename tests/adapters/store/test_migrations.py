@@ -30,13 +30,13 @@ def _revision(store: JobStore) -> str | None:
 def test_upgrade_sqlite_matches_models(tmp_path: Path) -> None:
     store = JobStore(f"sqlite:///{tmp_path / 'a.db'}")
 
-    assert _schema_diff(store) == [] and _revision(store) == "0001"
+    assert _schema_diff(store) == [] and _revision(store) == HEAD
 
 
 def test_upgrade_postgresql_matches_models(postgres_url: str) -> None:
     store = JobStore(create_database(postgres_url, "loramill_migration_tests"))
 
-    assert _schema_diff(store) == [] and _revision(store) == "0001"
+    assert _schema_diff(store) == [] and _revision(store) == HEAD
     store.close()
 
 

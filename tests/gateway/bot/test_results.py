@@ -9,7 +9,6 @@ from typing import Any
 from loramill.domain.status import JobStatus
 from loramill.gateway.api.service import Gateway
 from loramill.gateway.bot.app import build_bot
-from loramill.gateway.bot.deliveries import Deliveries
 from loramill.gateway.bot.jobs import BotServices
 from loramill.gateway.bot.results import ResultLoop
 from loramill.gateway.settings import GatewaySettings
@@ -52,7 +51,7 @@ def test_restart_delivers_result_finished_while_down_once(services: Services, wo
             return task_id
 
     task_id = asyncio.run(scenario())
-    assert Deliveries(services.store.db).delivered_at(task_id) is not None
+    assert services.store.delivered_at(task_id) is not None
     # The restarted bot was given the unconfirmed /txt2img again; it found the job instead of adding one.
     owner = services.store.get_job(task_id).user_id  # type: ignore[union-attr]
     assert [j.id for j in services.store.list_jobs(owner).items] == [task_id]
@@ -88,9 +87,8 @@ def _finished_generation(services: Services, chat_id: int, image: bytes | None) 
 async def _run_loop(services: Services, api: Any, task_id: str, chat_id: int, until: Any) -> ResultLoop:
     settings = bot_settings(f"http://127.0.0.1:{api.port}")
     bot = build_bot(settings)
-    svc = BotServices(settings, Gateway(GatewaySettings(), services.store, services.storage, services.broker),
-                      Deliveries(services.store.db))
-    svc.deliveries.expect(task_id, chat_id)
+    svc = BotServices(settings, Gateway(GatewaySettings(), services.store, services.storage, services.broker))
+    svc.deliveries.expect_delivery(task_id, chat_id)
     loop = ResultLoop(bot, svc, poll_interval=0.02, retry_base=0.05)
     stop = asyncio.Event()
     running = asyncio.create_task(loop.run(stop))
@@ -118,18 +116,17 @@ def test_result_retried_after_server_error_arrives_once(services: Services) -> N
             assert len(photos) == 1 and photos[0].data == png
 
     asyncio.run(scenario())
-    assert Deliveries(services.store.db).delivered_at(task_id) is not None
+    assert services.store.delivered_at(task_id) is not None
 
 
 def test_result_with_missing_image_is_given_up(services: Services) -> None:
     chat_id = 5004
     task_id = _finished_generation(services, chat_id, None)
-    deliveries = Deliveries(services.store.db)
 
     async def scenario() -> None:
         async with stand_in() as api:
             async def given_up() -> None:
-                while deliveries.delivered_at(task_id) is None:
+                while services.store.delivered_at(task_id) is None:
                     await asyncio.sleep(0.05)
 
             await asyncio.wait_for(_run_loop(services, api, task_id, chat_id, given_up), 20)

@@ -1,4 +1,8 @@
-"""``JobStore``: jobs, events, the LoRA registry, users and API keys in one SQL database.
+"""``JobStore``: jobs, events, the LoRA registry, users and API keys, the bot's deliveries in one SQL database.
+
+It implements every store port of ``loramill.domain.ports`` (one mixin per port: jobs.py, loras.py,
+users.py, deliveries.py); callers are typed against the ports, and only the composition roots
+(``loramill.config``, the CLI) and the ``sql`` broker, which shares its database, name this class.
 
 SQLite by default (``sqlite:///<LORAMILL_HOME>/loramill.db``), PostgreSQL by URL. The schema is
 brought up to date by the packaged Alembic migrations when the store opens. SQL and connection
@@ -10,17 +14,19 @@ from __future__ import annotations
 import logging
 
 from loramill.adapters.store.database import Database
+from loramill.adapters.store.deliveries import DeliveriesMixin
 from loramill.adapters.store.jobs import JobsMixin
 from loramill.adapters.store.loras import LorasMixin
 from loramill.adapters.store.migrate import upgrade
 from loramill.adapters.store.settings import StoreSettings
 from loramill.adapters.store.users import UsersMixin
+from loramill.domain.ports import Store
 
 logger = logging.getLogger("loramill.store")
 
 
-class JobStore(JobsMixin, LorasMixin, UsersMixin):
-    """The SQL job store (see the mixins for the methods: jobs.py, loras.py, users.py)."""
+class JobStore(JobsMixin, LorasMixin, UsersMixin, DeliveriesMixin, Store):
+    """The SQL job store: ``loramill.domain.ports.Store`` on SQLAlchemy (the methods are in the mixins)."""
 
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.db = Database(url or StoreSettings().database_url)

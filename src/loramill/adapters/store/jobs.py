@@ -20,6 +20,7 @@ from sqlalchemy import exc
 from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import Job, JobEvent, utcnow
 from loramill.adapters.store.records import to_record
+from loramill.domain.ports import JobRepository
 from loramill.domain.records import EventRecord, JobRecord, Page
 from loramill.domain.status import AttemptStart, JobStatus, sources_of
 from loramill.errors import Conflict, InvalidInput, NotFound
@@ -32,7 +33,7 @@ GET_JOB = jobs.select().where(jobs.c.id == _job_id)
 INSERT_EVENT = events.insert()
 
 
-class JobsMixin:
+class JobsMixin(JobRepository):
     """Job and event methods of ``JobStore``."""
 
     db: Database

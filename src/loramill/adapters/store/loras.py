@@ -11,13 +11,14 @@ from sqlalchemy import exc
 from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import Lora, utcnow
 from loramill.adapters.store.records import to_record
+from loramill.domain.ports import LoraRepository
 from loramill.domain.records import LoraRecord
 from loramill.errors import Conflict, NotFound
 
 loras = cast(sa.Table, Lora.__table__)
 
 
-class LorasMixin:
+class LorasMixin(LoraRepository):
     """LoRA registry methods of ``JobStore``."""
 
     db: Database

@@ -136,6 +136,18 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class TelegramDelivery(Base):
+    """A Telegram chat waiting for a job's result; ``delivered_at`` is set once the result was sent."""
+
+    __tablename__ = "telegram_deliveries"
+    __table_args__ = (sa.Index("ix_telegram_deliveries_pending", "delivered_at", "created_at"),)
+
+    task_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    chat_id: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+
 class QueueMessage(Base):
     """A message of the SQL broker: ``queue`` is ``input`` (jobs), ``output`` (events) or ``dead``."""
 

@@ -18,6 +18,7 @@ from sqlalchemy import exc
 from loramill.adapters.store.database import Database
 from loramill.adapters.store.models import ApiKey, User, utcnow
 from loramill.adapters.store.records import to_record
+from loramill.domain.ports import UserRepository
 from loramill.domain.records import ApiKeyRecord, UserRecord
 from loramill.errors import InvalidInput, NotFound
 
@@ -35,7 +36,7 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class UsersMixin:
+class UsersMixin(UserRepository):
     """User and API key methods of ``JobStore``."""
 
     db: Database

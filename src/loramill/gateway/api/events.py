@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from loramill.adapters.store import JobStore
+from loramill.domain.ports import JobRepository
 from loramill.domain.records import EventRecord
 from loramill.domain.status import JobStatus
 
@@ -41,7 +41,7 @@ def parse_last_event_id(value: str | None) -> int:
         return 0
 
 
-async def stream_job_events(store: JobStore, job_id: str, after_id: int, *, poll_seconds: float,
+async def stream_job_events(store: JobRepository, job_id: str, after_id: int, *, poll_seconds: float,
                             keepalive_seconds: float,
                             disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[bytes]:
     """Yield the job's events after ``after_id`` as they are stored; stop after a terminal one."""

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from loramill import __version__
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobStore
+from loramill.domain.ports import Store
 from loramill.gateway.api.docs import mount_docs
 from loramill.gateway.api.errors import install_error_handlers
 from loramill.gateway.api.limits import BodyLimitMiddleware
@@ -35,7 +35,7 @@ This page is `/docs`; the OpenAPI document itself is `/openapi.json` (for client
 """
 
 
-def create_app(settings: GatewaySettings, store: JobStore, storage: Storage, broker: Broker) -> FastAPI:
+def create_app(settings: GatewaySettings, store: Store, storage: Storage, broker: Broker) -> FastAPI:
     """The API and web page over the given store, storage and broker."""
     app = FastAPI(title="loramill", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None,
                   openapi_tags=[{"name": "jobs", "description": "trainings and generations"},

@@ -16,8 +16,8 @@ from typing import Any
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobStore
 from loramill.domain.keys import owned_by, upload_key, validate_key
+from loramill.domain.ports import Store
 from loramill.domain.records import JobRecord, LoraRecord, Page
 from loramill.domain.status import JobKind, JobStatus
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
@@ -48,7 +48,7 @@ class Principal:
 class Gateway:
     """Jobs, LoRAs and files as the API offers them, over the store, storage and broker ports."""
 
-    def __init__(self, settings: GatewaySettings, store: JobStore, storage: Storage, broker: Broker) -> None:
+    def __init__(self, settings: GatewaySettings, store: Store, storage: Storage, broker: Broker) -> None:
         self.settings, self.store, self.storage, self.broker = settings, store, storage, broker
         self.rate = RateLimiter(settings.user_rate_limit, settings.user_rate_burst)
 

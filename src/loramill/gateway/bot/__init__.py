@@ -8,6 +8,5 @@
 - ``albums``    gather the photos of a /train (albums of up to 10, so 5-20 photos may be two albums)
 - ``sender``    pacing of every outbound message: 1/s per chat, 30/s overall, honours retry_after
 - ``results``   send finished jobs' pictures or errors to the chat that asked, once each
-- ``deliveries`` which chat waits for which job (a table beside the store's), so restarts resend nothing
 - ``redaction`` keeps the token out of log records
 """

@@ -21,11 +21,10 @@ from aiogram.types import TelegramObject
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobStore
+from loramill.domain.ports import Store
 from loramill.errors import InvalidInput
 from loramill.gateway.api.service import Gateway
 from loramill.gateway.bot.albums import AlbumCollector
-from loramill.gateway.bot.deliveries import Deliveries
 from loramill.gateway.bot.handlers import build_router, train_callbacks
 from loramill.gateway.bot.jobs import BotServices
 from loramill.gateway.bot.redaction import scrub_loggers
@@ -80,7 +79,7 @@ def build_dispatcher(bot: Bot, svc: BotServices) -> Dispatcher:
     return dispatcher
 
 
-async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, broker: Broker, *,
+async def run_bot(settings: BotSettings, store: Store, storage: Storage, broker: Broker, *,
                   stop_event: asyncio.Event | None = None, gateway_settings: GatewaySettings | None = None) -> None:
     """Serve the bot until ``stop_event`` is set (or the task is cancelled).
 
@@ -92,9 +91,8 @@ async def run_bot(settings: BotSettings, store: JobStore, storage: Storage, brok
     register_secret(token)
     scrub_loggers(token)
     # 2. Services, bot, dispatcher, result loop.
-    deliveries = await asyncio.to_thread(Deliveries, store.db)
     gateway = Gateway(gateway_settings or load_gateway_settings(), store, storage, broker)
-    svc = BotServices(settings, gateway, deliveries)
+    svc = BotServices(settings, gateway)
     bot = build_bot(settings)
     dispatcher = build_dispatcher(bot, svc)
     stop = stop_event or asyncio.Event()

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from loramill.adapters.storage.base import Storage
-from loramill.adapters.store import JobStore
+from loramill.domain.ports import DeliveryRepository, Store
 from loramill.domain.records import JobRecord, LoraRecord
 from loramill.domain.status import JobStatus
 from loramill.errors import NotFound
 from loramill.gateway.api.service import Gateway, Principal
 from loramill.gateway.api.uploads import check_image
-from loramill.gateway.bot.deliveries import Deliveries
 from loramill.gateway.bot.settings import BotSettings
 
 logger = logging.getLogger("loramill.bot")
@@ -33,10 +32,14 @@ class BotServices:
 
     settings: BotSettings
     gateway: Gateway
-    deliveries: Deliveries
 
     @property
-    def store(self) -> JobStore:
+    def store(self) -> Store:
+        return self.gateway.store
+
+    @property
+    def deliveries(self) -> DeliveryRepository:
+        """Which chat waits for which job's result (rows in the job store, so a restart resends nothing)."""
         return self.gateway.store
 
     @property
@@ -88,7 +91,7 @@ def submit_training(svc: BotServices, user_id: str, chat_id: int, photos: list[b
 
 def _waiting(svc: BotServices, record: JobRecord, chat_id: int) -> Queued:
     # After the job exists, never before: the result loop takes a row without a job for a job gone.
-    svc.deliveries.expect(record.id, chat_id)
+    svc.deliveries.expect_delivery(record.id, chat_id)
     logger.info("queued %s job from Telegram", record.kind, extra={"task_id": record.id})
     return Queued(record.id, max(svc.store.count_queued() - 1, 0))
 

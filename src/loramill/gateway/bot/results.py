@@ -1,6 +1,7 @@
 """Send finished jobs' results to the Telegram chats that asked for them, exactly once each.
 
-The loop reads the chats still waiting (``Deliveries``), and for each job that has reached a terminal
+The loop reads the chats still waiting (the store's ``DeliveryRepository``: a row per job submitted
+through the bot, written when it is queued), and for each job that has reached a terminal
 state sends the picture(s), the "avatar ready" note or the failure's message, then marks the row
 delivered. All sends go through the bot's paced session (``sender.Sender``). A send that fails is
 tried again with exponential backoff: forever through a Telegram or network outage, a few times for
@@ -28,10 +29,9 @@ from aiogram.exceptions import (
 from aiogram.types import BufferedInputFile
 
 from loramill.domain.keys import generations_prefix
-from loramill.domain.records import JobRecord
+from loramill.domain.records import JobRecord, PendingDelivery
 from loramill.domain.status import JobKind, JobStatus
 from loramill.errors import Overloaded, TransientError
-from loramill.gateway.bot.deliveries import Pending
 from loramill.gateway.bot.jobs import BotServices
 from loramill.logs import redact
 
@@ -73,7 +73,7 @@ class ResultLoop:
 
     async def deliver_ready(self) -> int:
         """One round: start delivering every waiting job that has finished; returns how many started."""
-        pending = await asyncio.to_thread(self.svc.deliveries.pending)
+        pending = await asyncio.to_thread(self.svc.deliveries.pending_deliveries)
         started = 0
         for item in pending:
             if item.task_id in self._in_flight or time.monotonic() < self._failures.get(item.task_id, (0, 0.0))[1]:
@@ -92,7 +92,7 @@ class ResultLoop:
             if running is task:
                 del self._in_flight[key]
 
-    async def _deliver(self, item: Pending, job: JobRecord | None) -> None:
+    async def _deliver(self, item: PendingDelivery, job: JobRecord | None) -> None:
         try:
             if job is not None:
                 await self._send_result(item.chat_id, job)
@@ -105,7 +105,7 @@ class ResultLoop:
         self._failures.pop(item.task_id, None)
         await asyncio.to_thread(self.svc.deliveries.mark_delivered, item.task_id)
 
-    def _retry_later(self, item: Pending, exc: Exception) -> bool:
+    def _retry_later(self, item: PendingDelivery, exc: Exception) -> bool:
         """Schedule another try with exponential backoff; ``False`` when this result is given up."""
         tries = self._failures.get(item.task_id, (0, 0.0))[0] + 1
         outage = isinstance(exc, OUTAGE)

@@ -25,7 +25,7 @@ from loramill.jobs.contracts import GenerationJob, TrainingJob
 
 if TYPE_CHECKING:
     from loramill.adapters.storage.base import Storage
-    from loramill.adapters.store import JobStore
+    from loramill.domain.ports import Store
     from loramill.engine.generation.quality import LoadPolicy
     from loramill.jobs.batching import GenerationBatcher
     from loramill.jobs.events import JobRecorder
@@ -51,7 +51,7 @@ class JobContext:
     job: TrainingJob | GenerationJob
     settings: WorkerSettings
     storage: Storage
-    store: JobStore
+    store: Store
     models: ResidentModels
     recorder: JobRecorder
     scratch: Path

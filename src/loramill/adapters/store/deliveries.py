@@ -1,4 +1,4 @@
-"""Which Telegram chat waits for which job, and whether its result has been sent: a table in the job store.
+"""Which Telegram chat waits for which job, and whether its result has been sent (``DeliveryRepository``).
 
 The row is written when the bot submits the job and marked when the result has reached the chat, so a
 restarted bot resumes exactly where it stopped: results finished while it was down are sent, results
@@ -8,54 +8,37 @@ results reads this small table instead of scanning every job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import sqlalchemy as sa
 
 from loramill.adapters.store.database import Database
-from loramill.adapters.store.models import UTCDateTime, utcnow
+from loramill.adapters.store.models import TelegramDelivery, utcnow
+from loramill.domain.ports import DeliveryRepository
+from loramill.domain.records import PendingDelivery
 
-_metadata = sa.MetaData()
-deliveries = sa.Table(
-    "telegram_deliveries", _metadata,
-    sa.Column("task_id", sa.String(128), primary_key=True),
-    sa.Column("chat_id", sa.BigInteger, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("delivered_at", UTCDateTime, nullable=True),
-    sa.Index("ix_telegram_deliveries_pending", "delivered_at", "created_at"),
-)
+deliveries = cast(sa.Table, TelegramDelivery.__table__)
 
 
-@dataclass(frozen=True)
-class Pending:
-    """A job whose result a chat is still waiting for."""
+class DeliveriesMixin(DeliveryRepository):
+    """Delivery methods of ``JobStore``."""
 
-    task_id: str
-    chat_id: int
+    db: Database
 
-
-class Deliveries:
-    """The ``telegram_deliveries`` table, created on first use beside the store's own tables."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        with db.write() as conn:
-            _metadata.create_all(conn, checkfirst=True)
-
-    def expect(self, task_id: str, chat_id: int) -> None:
+    def expect_delivery(self, task_id: str, chat_id: int) -> None:
         """Remember that ``chat_id`` waits for ``task_id`` (repeating it changes nothing)."""
         with self.db.write() as conn:
             exists = conn.execute(sa.select(deliveries.c.task_id).where(deliveries.c.task_id == task_id)).first()
             if exists is None:
                 conn.execute(deliveries.insert().values(task_id=task_id, chat_id=chat_id, created_at=utcnow()))
 
-    def pending(self, limit: int = 100) -> list[Pending]:
-        """Jobs whose result has not been sent yet, oldest first."""
+    def pending_deliveries(self, limit: int = 100) -> list[PendingDelivery]:
+        """Results not sent yet, oldest first."""
         query = (sa.select(deliveries.c.task_id, deliveries.c.chat_id).where(deliveries.c.delivered_at.is_(None))
                  .order_by(deliveries.c.created_at).limit(limit))
         with self.db.read() as conn:
-            return [Pending(row.task_id, int(row.chat_id)) for row in conn.execute(query)]
+            return [PendingDelivery(row.task_id, int(row.chat_id)) for row in conn.execute(query)]
 
     def mark_delivered(self, task_id: str) -> bool:
         """Record that the result reached the chat; ``False`` if it already had."""
