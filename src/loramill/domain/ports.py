@@ -90,8 +90,8 @@ class JobRepository(Protocol):
         """The job's events with ``id > after_id``, oldest first."""
         ...
 
-    def count_queued(self, kind: str | None = None) -> int:
-        """Jobs waiting to start (optionally of one kind)."""
+    def count_queued(self, kind: str | None = None, *, user_id: str | None = None) -> int:
+        """Jobs waiting to start (optionally of one kind, or of one user)."""
         ...
 
 

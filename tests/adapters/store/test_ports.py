@@ -7,6 +7,10 @@ import inspect
 import pytest
 
 from loramill.adapters.store import JobStore
+from loramill.adapters.store.deliveries import DeliveriesMixin
+from loramill.adapters.store.jobs import JobsMixin
+from loramill.adapters.store.loras import LorasMixin
+from loramill.adapters.store.users import UsersMixin
 from loramill.domain import ports
 
 PORTS = [ports.JobRepository, ports.LoraRepository, ports.UserRepository, ports.DeliveryRepository, ports.Store]
@@ -30,3 +34,12 @@ def test_ports_split_by_concern() -> None:
     concerns = [set(_members(p)) for p in PORTS[:4]]
 
     assert all(a.isdisjoint(b) for i, a in enumerate(concerns) for b in concerns[i + 1:])
+
+
+@pytest.mark.parametrize(("mixin", "port"), [(JobsMixin, ports.JobRepository), (LorasMixin, ports.LoraRepository),
+                                             (UsersMixin, ports.UserRepository),
+                                             (DeliveriesMixin, ports.DeliveryRepository)])
+def test_every_public_store_method_is_declared_by_its_port(mixin: type, port: type) -> None:
+    public = {name for name, value in vars(mixin).items() if callable(value) and not name.startswith("_")}
+
+    assert public - set(_members(port)) == set()  # a new method needs its line in domain/ports.py
