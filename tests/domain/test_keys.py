@@ -10,6 +10,7 @@ from loramill.domain.keys import (
     image_key,
     model_key,
     owned_by,
+    tsuki_image_key,
     upload_key,
     validate_key,
 )
@@ -31,11 +32,11 @@ def test_refuse_unsafe_key_naming_the_rule(key: str, reason: str) -> None:
 
 def test_accept_layout_keys_unchanged() -> None:
     keys = [upload_key("u-1", "t-1", 7, "ab12", "jpg"), model_key("u-1", "t-1"), image_key("u-1", "t-1", 0),
-            checkpoints_prefix("t-1") + "step-000010/weights.safetensors"]
+            checkpoints_prefix("t-1") + "step-000010/weights.safetensors", tsuki_image_key("r-1")]
 
     assert [validate_key(k) for k in keys] == keys == [
         "users/u-1/images/t-1/007-ab12.jpg", "users/u-1/models/t-1.safetensors",
-        "users/u-1/generations/t-1/0.png", "checkpoints/t-1/step-000010/weights.safetensors"]
+        "users/u-1/generations/t-1/0.png", "checkpoints/t-1/step-000010/weights.safetensors", "generated/r-1.png"]
 
 
 def test_ownership_is_by_whole_prefix_segment() -> None:

@@ -9,6 +9,7 @@ users/{userId}/images/{taskId}/{nnn}-{sha256}.{ext}   training images uploaded t
 users/{userId}/models/{taskId}.safetensors            a trained LoRA
 users/{userId}/generations/{taskId}/{n}.png           generated images
 checkpoints/{taskId}/step-NNNNNN/<file>               training checkpoints (internal)
+generated/{request_id}.png                            a Tsuki request's image, where its clients look for it
 ```
 """
 
@@ -90,6 +91,11 @@ def generations_prefix(user_id: str, task_id: str) -> str:
 def image_key(user_id: str, task_id: str, n: int) -> str:
     """Where the ``n``-th image of a generation job goes."""
     return f"{generations_prefix(user_id, task_id)}{n}.png"
+
+
+def tsuki_image_key(request_id: str) -> str:
+    """Where the Tsuki preset publishes a request's image (that system's clients read it there)."""
+    return f"generated/{request_id}.png"
 
 
 def checkpoints_prefix(task_id: str) -> str:

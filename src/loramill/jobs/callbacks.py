@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 
 from loramill.adapters.storage.base import Storage
+from loramill.domain.keys import tsuki_image_key
 from loramill.domain.status import JobStatus
 from loramill.jobs.contracts import JobEvent
 from loramill.jobs.retry import RetryPolicy
-from loramill.jobs.tsuki import TsukiSettings, image_key
+from loramill.jobs.tsuki import TsukiSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class StatusCallback:
         if not event.image_paths:
             log.error("completed job has no image to publish", extra={"task_id": task_id})
             return None
-        key = image_key(task_id)
+        key = tsuki_image_key(task_id)
         self._retry(lambda: self.storage.put_bytes(key, self.storage.get_bytes(event.image_paths[0]), "image/png"))
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/") + "/" + key

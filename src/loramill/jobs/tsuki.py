@@ -82,11 +82,6 @@ def rabbitmq_overrides(env: Mapping[str, str], preset: str | None) -> dict[str, 
     return overrides
 
 
-def image_key(request_id: str) -> str:
-    """Where the preset puts a request's image."""
-    return f"generated/{request_id}.png"
-
-
 def is_tsuki(body: bytes) -> bool:
     """Whether ``body`` is a Tsuki request (a JSON object with ``request_id`` and no ``taskId``)."""
     if b"request_id" not in body:
