@@ -44,23 +44,30 @@ def test_sd_scripts_export_refuses_unnamed_flux_module_before_training(tiny_mode
 
 
 
+def _random_flux_lora(std: float) -> dict[str, dict[str, torch.Tensor]]:
+    """A rank-4 LoRA on the tiny FLUX transformer's default targets with random up weights (seed 0)."""
+    from loramill.engine.families import get_family
+    from loramill.engine.models.tiny import build_flux
+    from loramill.engine.training import adapters
+
+    transformer = build_flux().transformer
+    adapters.add_lora(transformer, 4, 8.0, get_family("flux").DEFAULT_TARGET_MODULES)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, std)
+    return {"transformer": adapters.lora_state(transformer)}
+
+
 def test_init_lora_reads_an_sd_scripts_flux_file_like_its_kohya_twin(tmp_path):
     """--init-lora from our own sd-scripts FLUX file starts where the same LoRA's kohya file starts."""
     from loramill.engine.families import get_family
     from loramill.engine.lora.files import write_lora
     from loramill.engine.lora.formats import to_layout
-    from loramill.engine.models.tiny import build_flux
-    from loramill.engine.training import adapters
     from loramill.engine.training.init_lora import init_states, read_init_lora
 
-    family, transformer = get_family("flux"), build_flux().transformer
-    adapters.add_lora(transformer, 4, 8.0, family.DEFAULT_TARGET_MODULES)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_()
-    layers = {"transformer": adapters.lora_state(transformer)}
+    family, layers = get_family("flux"), _random_flux_lora(std=1.0)
     starts = {}
     for fmt in ("kohya", "sd-scripts"):
         path = write_lora(tmp_path / f"{fmt}.safetensors", to_layout(fmt, layers, family.KOHYA_PREFIXES, 4, 8.0),
@@ -80,17 +87,8 @@ def test_generation_renders_an_sd_scripts_flux_file_like_its_kohya_twin(tiny_mod
     from loramill.engine.generation.loras import LoraRef
     from loramill.engine.lora.files import write_lora
     from loramill.engine.lora.formats import to_layout
-    from loramill.engine.models.tiny import build_flux
-    from loramill.engine.training import adapters
 
-    family, transformer = get_family("flux"), build_flux().transformer
-    adapters.add_lora(transformer, 4, 8.0, family.DEFAULT_TARGET_MODULES)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
-    layers = {"transformer": adapters.lora_state(transformer)}
+    family, layers = get_family("flux"), _random_flux_lora(std=0.3)
     assert any(k.startswith("single_transformer_blocks.") for k in layers["transformer"])
     generator = Generator(str(tiny_models["flux"]))
 

@@ -89,9 +89,9 @@ def shape_mask(shape: str, x: float, y: float, radius: float, size: int = SIZE, 
     draw = ImageDraw.Draw(canvas)
     geometry = outline(shape, x * supersample, y * supersample, radius * supersample)
     if shape == "circle":
-        draw.ellipse(geometry, fill=255)  # type: ignore[arg-type]
+        draw.ellipse(geometry, fill=255)
     else:
-        draw.polygon(geometry, fill=255)  # type: ignore[arg-type]
+        draw.polygon(geometry, fill=255)
     array = np.asarray(canvas, dtype=np.float32) / 255.0
     if supersample > 1:
         array = array.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
@@ -137,7 +137,7 @@ def specs_for(concepts: str, count: int, seed: int) -> list[Shape]:
     if concepts not in CONCEPTS:
         raise ValueError(f"unknown concept split {concepts!r}; choose one of: {', '.join(CONCEPTS)}")
     rng = np.random.default_rng(seed)
-    return [random_shape(rng, **CONCEPTS[concepts]) for _ in range(count)]  # type: ignore[arg-type]
+    return [random_shape(rng, **CONCEPTS[concepts]) for _ in range(count)]
 
 
 def render_batch(specs: list[Shape]) -> np.ndarray:

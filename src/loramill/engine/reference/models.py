@@ -89,9 +89,10 @@ def flux_transformer() -> Any:
 def t5_encoder() -> Any:
     from transformers import T5Config, T5EncoderModel
 
+    # decoder_start_token_id is a PretrainedConfig keyword T5Config passes on (its stubs do not list it).
+    extra: dict[str, Any] = {"decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
     return T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer()), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                   num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
-                                   pad_token_id=0, eos_token_id=1))
+                                   num_heads=4, relative_attention_num_buckets=8, **extra))
 
 
 def build(name: str, scales: dict[str, float] | None = None) -> Any:
@@ -106,7 +107,7 @@ def build(name: str, scales: dict[str, float] | None = None) -> Any:
     scales = scales or {}
     if name == "sd15":
         # The real SD 1.5 folder's scheduler: PNDM for inference, read as DDPM (epsilon) for training.
-        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        scheduler: Any = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                   skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
         return StableDiffusionPipeline(
             vae=vae(scales.get("scaling_factor", 1.0)), text_encoder=clip_text_encoder(), tokenizer=tokenizer(),
