@@ -85,9 +85,11 @@ def _calls(steps: int, deep_cache: int) -> tuple[int, int]:
 
 def image_seconds(parts: dict[str, float], steps: int, deep_cache: int = 1, small: bool = False,
                   unet: str = "unet_fp32") -> float:
-    """Composed seconds of one image: encode + UNet calls + decode (a smaller image scales the decode)."""
+    """Composed seconds of one image: encode + UNet calls + decode (a smaller image scales the decode).
+    ``unet="unet_bf16"`` scales the UNet calls by bf16's measured ratio; encoder and VAE stay fp32."""
     full, cached = _calls(steps, deep_cache)
-    call = parts["unet_fp32_small"] if small else parts[unet]
+    precision = parts[unet] / parts["unet_fp32"]
+    call = (parts["unet_fp32_small"] if small else parts["unet_fp32"]) * precision
     cached_share = parts["unet_deep_cache_step"] / parts["unet_fp32"]
     decode = parts["decode"] * ((384 / 512) ** 2 if small else 1)
     return round(parts["encode"] + full * call + cached * call * cached_share + decode, 2)
@@ -152,8 +154,8 @@ def run(quick: bool = False) -> list[Result]:
             steps, _, _ = apply_level(default_steps, 512, 512, level)
             # PNDM (the model's own scheduler, the full level) runs one call more than its steps, as the baseline.
             calls = steps + 1 if level.sampler is None else steps
-            scale = parts["unet_bf16"] / parts["unet_fp32"] if precision == "bf16" else 1.0
-            ours = round(image_seconds(parts, calls, level.deep_cache, small=level.resolution_factor < 1) * scale, 2)
+            ours = image_seconds(parts, calls, level.deep_cache, small=level.resolution_factor < 1,
+                                 unet="unet_bf16" if precision == "bf16" else "unet_fp32")
             ratio = speedup(baseline, ours)
             name = f"{precision} {level.name}"
             lost = round(100 * (quality["fp32 full"]["adherence"] - quality[name]["adherence"]), 1)
