@@ -59,3 +59,14 @@ def test_layer_imports_nothing_above_it(layer: str) -> None:
         if any(name == above or name.startswith(above + ".") for above in FORBIDDEN[layer]))
 
     assert offenders == []
+
+
+def test_job_contracts_and_api_load_without_torch() -> None:
+    # A gateway only checks jobs: the option spec's choice tables must not pull in torch (a second of start-up).
+    import subprocess
+    import sys
+
+    code = ("import sys, loramill.jobs.contracts, loramill.gateway.api.main; "
+            "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

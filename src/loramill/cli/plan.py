@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from loramill.engine.training.choices import QUANTIZE_MODES
 from loramill.engine.training.optim import MIXED_PRECISION, OPTIMIZERS
-from loramill.engine.training.quantize import QUANTIZE_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

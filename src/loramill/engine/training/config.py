@@ -20,12 +20,15 @@ from loramill.engine.evaluation.selection import METRICS, parse_target
 from loramill.engine.families import FAMILIES
 from loramill.engine.lora.layouts import LORA_FORMATS
 from loramill.engine.options import Prompt, Spec, WireCap, option, option_error, text_check
-from loramill.engine.training.ema import EMA_EXPORT
-from loramill.engine.training.losses import LOSSES
-from loramill.engine.training.masks import MASKED_LOSS
+from loramill.engine.training.choices import (
+    EMA_EXPORT,
+    FLOW_LOSS_WEIGHTING,
+    LOSSES,
+    MASKED_LOSS,
+    QUANTIZE_MODES,
+    TIMESTEP_SAMPLING,
+)
 from loramill.engine.training.optim import LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS
-from loramill.engine.training.quantize import QUANTIZE_MODES
-from loramill.engine.training.weighting import FLOW_LOSS_WEIGHTING, TIMESTEP_SAMPLING
 from loramill.errors import InvalidInput
 
 PREPARE_MODES = ("auto", "never")

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 
 import torch
 
-EMA_EXPORT = ("ema", "raw")
-
 
 def ema_decay(step: int, decay: float) -> float:
     """The decay used at optimizer step ``step`` (0-based): warmed up, never above ``decay``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-LOSSES = ("l2", "huber", "smooth_l1")
+from loramill.engine.training.choices import LOSSES
 
 
 def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float) -> torch.Tensor:

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from loramill.engine.progress import Progress, ProgressCallback, no_progress
+from loramill.engine.training.choices import MASKED_LOSS
 from loramill.engine.training.data import Example, fit_image
 from loramill.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
-MASKED_LOSS = ("off", "alpha", "face")
 FACE_MARGIN = 0.25  # of the face box's size on every side
 
 

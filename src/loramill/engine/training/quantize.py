@@ -26,7 +26,6 @@ import torch
 
 from loramill.errors import DependencyMissing, UnsupportedHardware
 
-QUANTIZE_MODES = ("none", "int8", "fp8", "nf4")
 # Bits per stored Linear weight, for the memory plan (scales and absmax add a little: see planning).
 WEIGHT_BITS = {"int8": 8, "fp8": 8, "nf4": 4}
 

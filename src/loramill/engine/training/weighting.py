@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-TIMESTEP_SAMPLING = ("shift", "uniform", "sigmoid", "logit_normal")
-FLOW_LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
+from loramill.engine.training.choices import FLOW_LOSS_WEIGHTING, TIMESTEP_SAMPLING
 
 
 def ddpm_snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
