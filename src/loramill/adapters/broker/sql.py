@@ -1,9 +1,9 @@
 """The ``sql`` broker: the job store's ``queue_messages`` table is the queue (the embedded default).
 
-A worker claims the best ready job (``ORDER BY priority DESC, created_at, id``) by taking a lease:
-``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on SQLite a compare-and-set ``UPDATE … WHERE
-id = ? AND (unleased OR lease expired)`` inside a ``BEGIN IMMEDIATE`` transaction. Either way two
-workers racing for one job get one each or one and nothing, never the same job. A background thread
+A worker looks at the ready jobs at the head of the queue (``ORDER BY priority DESC, created_at, id``),
+chooses one fairly between users (``loramill.domain.fairness``) and takes it by a lease: a compare-and-set
+``UPDATE … WHERE id = ? AND (unleased OR lease expired)`` (in a ``BEGIN IMMEDIATE`` transaction on
+SQLite). So two workers racing for one job get one each or one and nothing, never the same job. A background thread
 renews held leases, so a two-hour training keeps its job; a worker that dies stops renewing, the
 lease runs out and the job is delivered again (``redelivered=True``, deliveries counted). A job
 delivered ``max_deliveries`` times without an ack is dead-lettered instead of crashing workers forever.
@@ -33,6 +33,7 @@ from loramill.adapters.broker.base import Broker, Delivery
 from loramill.adapters.broker.sql_doorbell import CHANNEL, PgListener, doorbell_for
 from loramill.adapters.store import JobStore
 from loramill.adapters.store.models import Job, QueueMessage, utcnow
+from loramill.domain.fairness import FAIR_CANDIDATES, FAIR_WINDOW_SECONDS, Candidate, choose, user_of
 from loramill.errors import LoramillError
 
 logger = logging.getLogger("loramill.broker.sql")
@@ -44,23 +45,23 @@ _now = sa.bindparam("now", type_=q.c.available_at.type)
 _message_id = sa.bindparam("message_id", type_=q.c.id.type)
 READY = sa.and_(q.c.queue == "input", q.c.available_at <= _now,
                 sa.or_(q.c.lease_expires_at.is_(None), q.c.lease_expires_at < _now))
-# Fair share between users: among the oldest ready messages (of the highest priority), the one whose user
-# has started the fewest jobs lately goes first, so one user's flood cannot make everyone else wait behind
-# it; one user's own jobs keep their order. A message with no job row (a client that skipped the gateway)
-# counts as a user of its own. Only FAIR_CANDIDATES are weighed, so a claim costs the same with 10,000 queued.
-FAIR_CANDIDATES = 64
-FAIR_WINDOW = timedelta(minutes=10)
+# Fair share between users (domain/fairness.py): the FAIR_CANDIDATES oldest ready messages of the highest
+# priorities are weighed, each with its user (the job row's, else the one the body names), against how
+# many jobs each of those users started lately in the job store, by any worker.
+FAIR_WINDOW = timedelta(seconds=FAIR_WINDOW_SECONDS)
 _jobs = cast(sa.Table, Job.__table__)
-_started = _jobs.alias("started")
-_recent = (sa.select(sa.func.count()).select_from(_started)
-           .where(_started.c.user_id == _jobs.c.user_id, _started.c.started_at >= sa.bindparam("since", type_=_now.type))
-           .scalar_subquery())
 _candidates = (sa.select(q.c.id).where(READY).order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
                .limit(FAIR_CANDIDATES))
-PICK = (sa.select(q.c.id, q.c.deliveries).select_from(q.outerjoin(_jobs, _jobs.c.id == q.c.task_id))
-        .where(q.c.id.in_(_candidates), READY)
-        .order_by(q.c.priority.desc(), sa.func.coalesce(_recent, 0), q.c.created_at, q.c.id).limit(1))
-PICK_LOCKED = PICK.with_for_update(skip_locked=True, of=q)
+# The body is read only where no job row names the user (a client that skipped the gateway).
+CANDIDATES = (sa.select(q.c.id, q.c.deliveries, q.c.priority, _jobs.c.user_id,
+                        sa.case((_jobs.c.user_id.is_(None), q.c.body), else_=sa.null()).label("orphan_body"))
+              .select_from(q.outerjoin(_jobs, _jobs.c.id == q.c.task_id))
+              .where(q.c.id.in_(_candidates), READY)
+              .order_by(q.c.priority.desc(), q.c.created_at, q.c.id))
+STARTED = (sa.select(_jobs.c.user_id, sa.func.count())
+           .where(_jobs.c.user_id.in_(sa.bindparam("users", expanding=True)),
+                  _jobs.c.started_at >= sa.bindparam("since", type_=_now.type))
+           .group_by(_jobs.c.user_id))
 TAKE = (q.update().where(q.c.id == _message_id, READY)
         .values(lease_owner=sa.bindparam("token"), lease_expires_at=sa.bindparam("expires", type_=_now.type),
                 deliveries=q.c.deliveries + 1)
@@ -181,35 +182,37 @@ class SqlBroker(Broker):
 
     def _claim(self) -> Delivery | None:
         now = utcnow()
-        at = {"now": now, "since": now - FAIR_WINDOW}
-        pick = PICK
-        if self._db.dialect == "postgresql":
-            pick = PICK_LOCKED
-        else:
-            # Idle polling should not take SQLite's write lock: look first, claim only if there is work.
-            with self._db.read() as conn:
-                if conn.execute(pick, at).first() is None:
-                    return None
         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
-        with self._db.write() as conn:
-            for _ in range(10):
-                row = conn.execute(pick, at).first()
-                if row is None:
+        # Looking takes no lock (idle polling must not take SQLite's write lock); taking is a compare-and-set
+        # on "still ready", so two workers that chose the same job get it once: the loser looks again.
+        for _ in range(10):
+            # 1. The candidates at the head of the queue, and how much their users were served lately
+            with self._db.read() as conn:
+                rows = conn.execute(CANDIDATES, {"now": now}).all()
+                if not rows:
                     return None
+                users = [row.user_id or user_of(bytes(row.orphan_body or b"")) for row in rows]
+                named = sorted({user for user in users if user is not None})
+                served = dict(conn.execute(STARTED, {"users": named, "since": now - FAIR_WINDOW}).tuples().all()
+                              ) if named else {}
+            # 2. The fair choice among them (domain/fairness.py)
+            row = rows[choose([Candidate(user, row.priority) for user, row in zip(users, rows, strict=True)],
+                              served)]
+            # 3. Take it, unless another worker did first; one delivered too often goes aside instead
+            with self._db.write() as conn:
                 if self.max_deliveries is not None and row.deliveries >= self.max_deliveries:
-                    conn.execute(q.update().where(q.c.id == row.id).values(
+                    conn.execute(q.update().where(q.c.id == row.id, READY).values(
                         queue="dead", lease_owner=None, lease_expires_at=None,
                         reason=f"delivered {row.deliveries} times without an ack; the job probably crashes "
-                               "or outlives its worker"))
+                               "or outlives its worker"), {"now": now})
                     logger.warning("dead-lettered message %s after %s deliveries", row.id, row.deliveries)
                     continue
                 claimed = conn.execute(TAKE, {"message_id": row.id, "now": now, "token": token,
                                               "expires": now + self.lease}).first()
-                if claimed is None:
-                    return None  # another worker won this one; the caller polls again
+            if claimed is not None:
                 break
-            else:
-                return None
+        else:
+            return None
         with self._lock:
             self._held[claimed.id] = token
         self._ensure_heartbeat()
