@@ -28,6 +28,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 from loramill.adapters.broker.base import Broker, Delivery
 from loramill.adapters.broker.loop_thread import LoopThread
 from loramill.adapters.broker.rabbitmq_config import RabbitMQSettings, job_queue_arguments, load_settings
+from loramill.domain.fairness import FAIR_CANDIDATES, Candidate, ServedLog, choose, user_of
 from loramill.errors import InvalidInput, LoramillError, TransientError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ T = TypeVar("T")
 
 REASON_HEADER = "x-loramill-reason"
 ORIGIN_HEADER = "x-loramill-origin"  # the queue a dead letter came from
+# After the fair window opens, RabbitMQ pushes the jobs behind the first in a burst (64 in a few ms on one
+# host); the gathering stops once none came for this long.
+GATHER_SECONDS = 0.02
 
 
 class RabbitMQBroker(Broker):
@@ -48,6 +52,10 @@ class RabbitMQBroker(Broker):
         self._inbox: queue.Queue[AbstractIncomingMessage] = queue.Queue()
         self._held: dict[str, AbstractIncomingMessage] = {}
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when a held delivery is settled
+        self._served = ServedLog()
+        self._prefetch = 1
+        self._window_open = False
         self._seq = itertools.count(1)
         self._consuming = False
         self._closed = False
@@ -74,7 +82,8 @@ class RabbitMQBroker(Broker):
             publisher_confirms=True, on_return_raises=True
         )
         self._consumer: AbstractRobustChannel = await self._connection.channel()
-        await self._consumer.set_qos(prefetch_count=s.prefetch_count)
+        # Channel-wide, so receive() can open and close its look-ahead window (see there).
+        await self._consumer.set_qos(prefetch_count=self._prefetch, global_=True)
         self._dead_exchange = await self._publisher.declare_exchange(
             s.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
@@ -179,22 +188,85 @@ class RabbitMQBroker(Broker):
     # -- consuming jobs --------------------------------------------------------------------------
 
     def receive(self, timeout: float) -> Delivery | None:
+        """The next job, chosen fairly between users (``loramill.domain.fairness``) among the jobs ready.
+
+        The channel's prefetch follows what the worker does: while it waits, one job may be pushed to it
+        (it wakes at once); when that job's user was served lately, the window opens to
+        ``FAIR_CANDIDATES`` jobs, the fair choice is kept and the others go back to the queue, each to its
+        old place (they come again with ``redelivered`` set). Between receives nothing is pushed beyond
+        what the worker holds, so a worker busy with a long training hoards no job an idle one could run.
+        """
         self._start_consuming()
         deadline = time.monotonic() + timeout
+        # 1. Within LORAMILL_RABBITMQ_PREFETCH_COUNT deliveries held (an ack makes room)
+        with self._room:
+            while len(self._held) >= self.settings.prefetch_count:
+                if not self._room.wait(max(0.0, deadline - time.monotonic())):
+                    return None
+        chosen: AbstractIncomingMessage | None = None
+        others: list[AbstractIncomingMessage] = []
+        try:
+            # 2. The first job pushed to this worker
+            self._limit(len(self._held) + 1)
+            first = self._next_message(deadline)
+            if first is None:
+                return None
+            # 3. Its user served lately? Then look at the jobs behind it, and choose
+            served = self._served.counts()
+            candidates = [first]
+            if served.get(user_of(first.body) or "", 0) > 0:
+                self._limit(len(self._held) + FAIR_CANDIDATES)
+                while len(candidates) < FAIR_CANDIDATES:
+                    pushed = self._next_message(time.monotonic() + GATHER_SECONDS)
+                    if pushed is None:
+                        break
+                    candidates.append(pushed)
+            index = choose([Candidate(user_of(m.body), int(m.priority or 0)) for m in candidates], served)
+            chosen = candidates[index]
+            others = candidates[:index] + candidates[index + 1:]
+        finally:
+            # 4. Close the window before handing back what was not chosen, so nothing is pushed again
+            if self._window_open or others:
+                self._limit(len(self._held) + (1 if chosen is not None else 0))
+                others += self._drain_inbox()
+                if others:
+                    self._call(_requeue(others), "hand back the jobs not chosen")
+        delivery_id = f"{chosen.delivery_tag}#{next(self._seq)}"
+        with self._lock:
+            self._held[delivery_id] = chosen
+        self._served.record(user_of(chosen.body))
+        return Delivery(
+            body=chosen.body, delivery_id=delivery_id, redelivered=bool(chosen.redelivered),
+            headers=_plain_headers(chosen.headers),
+        )
+
+    def _next_message(self, deadline: float) -> AbstractIncomingMessage | None:
+        """The next job pushed to this worker whose channel is alive, waiting until ``deadline``."""
         while True:
             try:
                 message = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return None
-            if _channel_gone(message):
-                continue  # delivered on a channel that has died: the server has requeued it
-            delivery_id = f"{message.delivery_tag}#{next(self._seq)}"
-            with self._lock:
-                self._held[delivery_id] = message
-            return Delivery(
-                body=message.body, delivery_id=delivery_id, redelivered=bool(message.redelivered),
-                headers=_plain_headers(message.headers),
-            )
+            if not _channel_gone(message):
+                return message  # one delivered on a channel that has died was requeued by the server
+
+    def _drain_inbox(self) -> list[AbstractIncomingMessage]:
+        found = []
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return found
+            if not _channel_gone(message):
+                found.append(message)
+
+    def _limit(self, count: int) -> None:
+        """Let RabbitMQ push at most ``count`` unacked jobs to this worker (``basic.qos``, channel-wide)."""
+        count = max(1, count)  # 0 would mean "no limit"
+        if count != self._prefetch:
+            self._call(self._consumer.set_qos(prefetch_count=count, global_=True), "set the prefetch")
+            self._prefetch = count
+        self._window_open = count > len(self._held) + 1
 
     def _start_consuming(self) -> None:
         with self._lock:
@@ -242,6 +314,7 @@ class RabbitMQBroker(Broker):
                 action: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
         with self._lock:
             message = self._held.pop(delivery.delivery_id, None)
+            self._room.notify_all()
 
         async def settle() -> bool:
             if message is None:
@@ -327,6 +400,15 @@ class RabbitMQBroker(Broker):
         url = self.settings.url.get_secret_value()
         password = aio_pika.connection.make_url(url).password
         return text.replace(url, self.settings.redacted_url()).replace(password, "******") if password else text
+
+
+async def _requeue(messages: list[AbstractIncomingMessage]) -> None:
+    """Give ``messages`` back to their queue, each to its old place (a gone channel requeued it already)."""
+    for message in messages:
+        try:
+            await message.nack(requeue=True)
+        except CONNECTION_EXCEPTIONS:
+            pass
 
 
 def _channel_gone(message: AbstractIncomingMessage) -> bool:
