@@ -1,10 +1,11 @@
 """The ``kafka`` broker: jobs and events on Kafka topics, through confluent-kafka.
 
 Jobs are keyed by taskId, so one task's messages stay in one partition and in order. A worker's
-consumer commits a job's offset only on ``ack`` (after the result is stored), keeps polling in its own
-thread while a job runs (see ``kafka_consumer``), and dead-letters by producing the message to
-``<input>.dlq`` with the reason in a header, then committing it. Kafka has no message priorities: the
-job's priority travels in a header for whoever wants it.
+consumer looks ahead past the head of its partitions and hands out the fair choice between users
+(``loramill.domain.fairness``), commits an offset only once every job before it is settled (``ack`` comes
+after the result is stored), keeps polling in its own thread while a job runs (see ``kafka_consumer``),
+and dead-letters by producing the message to ``<input>.dlq`` with the reason in a header, then settling
+it. Kafka has no message priorities: the job's priority travels in a header for whoever wants it.
 """
 
 from __future__ import annotations

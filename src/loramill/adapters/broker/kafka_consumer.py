@@ -2,15 +2,20 @@
 
 Why a thread of its own (aiokafka #848): a job longer than ``max.poll.interval.ms``
 makes a consumer that stops polling leave its group, its partitions move, the job is delivered again
-and loops forever. So the poll loop never stops: as soon as a message is handed out its partition is
-paused (no more messages are fetched from it, librdkafka drops what it had prefetched), and polling
-goes on, keeping the consumer in the group for as long as the job takes. A confluent-kafka consumer is
-used from one thread only, so ``commit`` / ``give_back`` are commands the loop runs between polls.
+and loops forever. So the poll loop never stops, keeping the consumer in the group for as long as the
+jobs take. A confluent-kafka consumer is used from one thread only, so ``commit`` / ``give_back`` are
+commands the loop runs between polls.
 
-At most one message per partition is in flight, which also keeps per-partition (per-task) order.
+Fair share between users needs to see past the head of each partition: the loop keeps up to
+``FAIR_CANDIDATES`` fetched messages in a look-ahead (every partition paused while it is full), and
+``next`` hands out the fair choice among them (``loramill.domain.fairness``), so several messages of one
+partition may be in flight at once. A partition's offset is committed up to its oldest message not yet
+settled: a crash or a rebalance redelivers what was unsettled, and at worst a few messages settled out of
+order; the job store answers such a copy with its stored outcome (the worker republishes it), so nothing
+runs twice. One user's jobs (and so one task's messages, which share a partition) keep their order.
 
-Settling is on the path of every job, so while messages are held the loop polls in short slices: an
-ack waits for the current poll to return. Settling still seeks before it resumes (see ``_settle``).
+Settling is on the path of every job, so while messages are in flight the loop polls in short slices: an
+ack waits for the current poll to return.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from bisect import insort
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from loramill.domain.fairness import FAIR_CANDIDATES, Candidate, ServedLog, choose, user_of
 from loramill.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HeldMessage:
-    """A job message fetched from one partition; that partition stays paused until it is settled."""
+    """A job message fetched from one partition: in the look-ahead, then handed out until it is settled."""
 
     topic: str
     partition: int
@@ -45,7 +52,9 @@ class HeldMessage:
     redelivered: bool = False
     lost: bool = False  # set when its partition is revoked: committing it would be wrong now
     seq: int = 0  # tells apart two deliveries of the same offset (a redelivery after revocation)
-    held_at: float = 0.0  # time.monotonic() when it was handed out
+    held_at: float = 0.0  # time.monotonic() when it was handed out; 0 while in the look-ahead
+    user: str | None = None  # the userId it names, for the fair choice
+    timestamp: int = 0  # the producer's time (ms): the order of arrival across partitions
 
     @property
     def position(self) -> str:
@@ -56,19 +65,38 @@ class HeldMessage:
         return f"{self.position}#{self.seq}"
 
 
+def _arrival(held: HeldMessage) -> tuple[int, int, int]:
+    return held.timestamp, held.partition, held.offset
+
+
+@dataclass
+class _Partition:
+    """What the poll thread knows of one assigned partition."""
+
+    pending: dict[int, HeldMessage] = field(default_factory=dict)  # fetched, not settled (look-ahead or out)
+    next_offset: int = -1  # the offset after the last one fetched (-1: nothing fetched yet)
+    committed: int = -1  # the group's committed offset, as far as this consumer knows
+
+
 class JobConsumer:
     """Owns a subscribed confluent-kafka ``Consumer`` and the only thread that touches it."""
 
-    def __init__(self, config: dict[str, Any], topic: str, *, cooperative: bool, poll_seconds: float) -> None:
+    def __init__(self, config: dict[str, Any], topic: str, *, cooperative: bool, poll_seconds: float,
+                 lookahead: int = FAIR_CANDIDATES) -> None:
         self._config = {**config, "logger": logging.getLogger("loramill.kafka.librdkafka")}
         self._topic = topic
         self._cooperative = cooperative
         self._poll_seconds = poll_seconds
-        self._inbox: queue.Queue[HeldMessage] = queue.Queue()
+        self._lookahead_size = lookahead
+        # The look-ahead, in arrival order; shared with the threads that call next().
+        self._lookahead: list[HeldMessage] = []
+        self._ready = threading.Condition()
+        self._served = ServedLog()
         self._commands: queue.Queue[tuple[Callable[[Consumer], Any], Future[Any]]] = queue.Queue()
-        # Only the poll thread reads or writes these two.
-        self._held: dict[int, HeldMessage] = {}
+        # Only the poll thread reads or writes these.
+        self._partitions: dict[int, _Partition] = {}
         self._returned: set[tuple[int, int]] = set()
+        self._paused = False
         self._seq = itertools.count(1)
         self._stop = threading.Event()
         self._failure: BaseException | None = None
@@ -80,26 +108,29 @@ class JobConsumer:
         self._thread.start()
 
     def next(self, timeout: float) -> HeldMessage | None:
-        """The next message nobody else holds, waiting up to ``timeout`` seconds."""
+        """The fair choice among the messages fetched and not handed out, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while True:
-            self._raise_if_failed()
-            try:
-                held = self._inbox.get(timeout=max(0.0, min(deadline - time.monotonic(), 0.5)))
-            except queue.Empty:
-                if time.monotonic() >= deadline:
+        with self._ready:
+            while True:
+                self._raise_if_failed()
+                if self._lookahead:
+                    served = self._served.counts()
+                    held = self._lookahead.pop(choose([Candidate(m.user) for m in self._lookahead], served))
+                    held.held_at = time.monotonic()
+                    self._served.record(held.user)
+                    return held
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return None
-                continue
-            if not held.lost:  # revoked while waiting in the inbox: its new owner gets it
-                return held
+                self._ready.wait(min(remaining, 0.5))
 
     def commit(self, held: HeldMessage, timeout: float) -> bool:
-        """Commit past ``held`` and resume its partition; ``False`` if the partition was revoked meanwhile."""
-        return bool(self._call(lambda c: self._settle(c, held, held.offset + 1, commit=True), timeout))
+        """Settle ``held`` as done (committing as far as its partition allows); ``False`` if it was revoked."""
+        return bool(self._call(lambda c: self._settle(c, held, commit=True), timeout))
 
     def give_back(self, held: HeldMessage, timeout: float) -> bool:
-        """Rewind to ``held`` and resume, so it is fetched again; ``False`` if already revoked."""
-        return bool(self._call(lambda c: self._settle(c, held, held.offset, commit=False), timeout))
+        """Put ``held`` back in the look-ahead, in its place, to be handed out again; ``False`` if revoked."""
+        return bool(self._call(lambda c: self._settle(c, held, commit=False), timeout))
 
     def close(self, timeout: float = 30.0) -> None:
         """Leave the group; uncommitted messages go to whoever gets the partitions next."""
@@ -118,6 +149,7 @@ class JobConsumer:
             )
             while not self._stop.is_set():
                 self._run_commands(consumer)
+                self._pace(consumer)
                 message = consumer.poll(self._poll_timeout())
                 if message is None:
                     continue
@@ -125,11 +157,13 @@ class JobConsumer:
                 if error is not None:
                     self._on_error(error)
                     continue
-                self._hold(consumer, message)
+                self._hold(message)
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised to the caller of next()/commit()
             self._failure = exc
             log.error("kafka poll loop stopped: %s", exc)
         finally:
+            with self._ready:
+                self._ready.notify_all()  # a waiting next() raises the failure now
             self._fail_pending_commands()
             if consumer is not None:
                 try:
@@ -137,84 +171,117 @@ class JobConsumer:
                 except KafkaException as exc:
                     log.warning("kafka consumer close failed: %s", exc)
 
-    def _hold(self, consumer: Consumer, message: Message) -> None:
+    def _hold(self, message: Message) -> None:
         # A consumed message always has both; the stubs allow None for produced ones.
         partition, offset = cast(int, message.partition()), cast(int, message.offset())
-        if partition in self._held:
-            # Fetched just before the pause took effect; settling the held message seeks explicitly,
-            # so this one is fetched again then.
-            return
-        consumer.pause([TopicPartition(self._topic, partition)])
+        state = self._partitions.get(partition)
+        if state is None or offset < state.next_offset:
+            return  # not ours any more, or fetched again after a pause: we have it already
         key = message.key()
+        value = message.value() or b""
         held = HeldMessage(
             topic=self._topic,
             partition=partition,
             offset=offset,
             key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-            value=message.value() or b"",
+            value=value,
             headers=_headers(message),
             redelivered=(partition, offset) in self._returned,
             seq=next(self._seq),
-            held_at=time.monotonic(),
+            user=user_of(value),
+            timestamp=max(0, message.timestamp()[1]),
         )
         self._returned.discard((partition, offset))
-        self._held[partition] = held
-        self._inbox.put(held)
+        if state.next_offset < 0:
+            state.committed = offset  # fetching starts at the group's committed offset
+        state.next_offset = offset + 1
+        state.pending[offset] = held
+        with self._ready:
+            insort(self._lookahead, held, key=_arrival)
+            self._ready.notify()
 
-    def _settle(self, consumer: Consumer, held: HeldMessage, position: int, *, commit: bool) -> bool:
-        if held.lost or self._held.get(held.partition) is not held:
-            return False
-        tp = TopicPartition(self._topic, held.partition, position)
-        if commit:
-            consumer.commit(offsets=[tp], asynchronous=False)
+    def _pace(self, consumer: Consumer) -> None:
+        """Pause every partition while the look-ahead is full, resume once a message has been handed out."""
+        with self._ready:
+            full = len(self._lookahead) >= self._lookahead_size
+        if full == self._paused:
+            return
+        assigned = consumer.assignment()
+        if full:
+            consumer.pause(assigned)
         else:
-            self._returned.add((held.partition, held.offset))
-        # Seek explicitly: resume() alone continues after the last message handed to us, which
-        # would skip the message on a give-back. On an ack the position is usually right already, but
-        # resuming without the seek was measured to stall: with two workers (8 partitions each) every
-        # eighth job waited ~1 s — most likely librdkafka's fetch back-off, which a seek resets.
-        consumer.seek(tp)
-        consumer.resume([TopicPartition(self._topic, held.partition)])
-        del self._held[held.partition]
+            # Seek explicitly: a resume alone was measured to stall (~1 s every eighth job with two workers),
+            # most likely librdkafka's fetch back-off, which a seek resets.
+            for tp in assigned:
+                state = self._partitions.get(tp.partition)
+                if state is not None and state.next_offset >= 0:
+                    try:
+                        consumer.seek(TopicPartition(self._topic, tp.partition, state.next_offset))
+                    except KafkaException as exc:  # not fetching yet: the resume starts where it should
+                        log.debug("kafka seek of partition %s skipped: %s", tp.partition, exc)
+            consumer.resume(assigned)
+        self._paused = full
+
+    def _settle(self, consumer: Consumer, held: HeldMessage, *, commit: bool) -> bool:
+        state = self._partitions.get(held.partition)
+        if held.lost or state is None or state.pending.get(held.offset) is not held:
+            return False
+        if not commit:
+            held.redelivered, held.held_at = True, 0.0
+            with self._ready:
+                insort(self._lookahead, held, key=_arrival)
+                self._ready.notify()
+            return True
+        # Everything before the oldest message still unsettled is done: commit up to it.
+        rest = [offset for offset in state.pending if offset != held.offset]
+        position = min(rest) if rest else max(state.next_offset, held.offset + 1)
+        if position > state.committed:
+            consumer.commit(offsets=[TopicPartition(self._topic, held.partition, position)], asynchronous=False)
+            state.committed = position
+        del state.pending[held.offset]
         return True
 
     def _poll_timeout(self) -> float:
         """How long the next poll may wait. A settle command runs only once the poll returns, so while
-        messages are held the wait is a twentieth of the oldest one's age (its ack waits ~5% of its job's
+        messages are out the wait is a twentieth of the oldest one's age (its ack waits ~5% of its job's
         time, a few ms for a quick generation), at least 1 ms and at most ``poll_seconds``."""
-        if not self._held:
+        out = [h.held_at for state in self._partitions.values() for h in state.pending.values() if h.held_at]
+        if not out:
             return self._poll_seconds
-        oldest = min(h.held_at for h in self._held.values())
-        return min(self._poll_seconds, max(0.001, (time.monotonic() - oldest) / 20))
+        return min(self._poll_seconds, max(0.001, (time.monotonic() - min(out)) / 20))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._cooperative:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        # A partition that comes back still holding work must stay paused; one we paused before a
-        # revocation must not stay paused forever.
-        held = [tp for tp in partitions if tp.partition in self._held]
-        free = [tp for tp in partitions if tp.partition not in self._held]
-        if held:
-            consumer.pause(held)
-        if free:
-            consumer.resume(free)
+        for tp in partitions:
+            self._partitions.setdefault(tp.partition, _Partition())
+        # New partitions follow the look-ahead: paused while it is full, fetching otherwise (a partition
+        # paused before a revocation must not stay paused forever).
+        if self._paused:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
         log.info("kafka partitions assigned: %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            held = self._held.pop(tp.partition, None)
-            if held is None:
+            state = self._partitions.pop(tp.partition, None)
+            if state is None:
                 continue
-            held.lost = True
-            self._returned.add((held.partition, held.offset))
-            log.warning(
-                "kafka partition %s revoked while task %s was held; it will be delivered again",
-                tp.partition,
-                held.key,
-                extra={"task_id": held.key},
-            )
+            with self._ready:
+                self._lookahead = [m for m in self._lookahead if m.partition != tp.partition]
+            for held in state.pending.values():
+                held.lost = True
+                self._returned.add((held.partition, held.offset))
+                if held.held_at:
+                    log.warning(
+                        "kafka partition %s revoked while task %s was held; it will be delivered again",
+                        tp.partition,
+                        held.key,
+                        extra={"task_id": held.key},
+                    )
         log.info("kafka partitions revoked: %s", sorted(tp.partition for tp in partitions))
 
     def _on_error(self, error: KafkaError) -> None:
