@@ -32,6 +32,12 @@ class BrokerHarness:
     receive_timeout: float = 20.0  # first receive includes a Kafka group join
     quiet_timeout: float = 2.0  # how long "nothing more arrives" is watched
     second_worker_timeout: float = 5.0  # a new worker's wait for a job that must not come (joins included)
+    # (broker, delivery) -> None: what a worker does with a job, ending in its ack. The sql broker weighs
+    # users by the jobs they started in the job store, so its harness starts each job there first.
+    run_job: Callable[[Broker, Delivery], None] = lambda broker, delivery: broker.ack(delivery)
+    # How long a published job takes to reach a worker's look-ahead (Kafka fetches in the background); the
+    # flood check waits this long after each job it publishes, so it counts order, not fetch races.
+    visible_after: float = 0.0
 
 
 @dataclass
@@ -159,6 +165,46 @@ def check_queue_depth_counts_waiting_jobs(harness: BrokerHarness, broker: Broker
     assert broker.queue_depth() == 0
 
 
+def user_job(task_id: str, user: str) -> bytes:
+    """A training job of ``user`` in Selfix's format."""
+    return json.dumps({"taskId": task_id, "userId": user, "images": [f"users/{user}/images/a.jpg"],
+                       "configurationParams": {"epochs": 1}}).encode()
+
+
+def waits_behind_flood(harness: BrokerHarness, broker: Broker, user: str, flood: int, asks: int) -> list[int]:
+    """``user`` submits ``asks`` jobs, one at a time, after "alice" queued ``flood``; each wait is counted in
+    jobs served until his is (1: his came next). The worker runs each job as soon as it gets it."""
+    for i in range(flood):
+        broker.publish_job(user_job(f"alice-{flood}-{i}", "alice"), task_id=f"alice-{flood}-{i}")
+    waits = []
+    for i in range(asks):
+        mine = f"{user}-{i}"
+        broker.publish_job(user_job(mine, user), task_id=mine)
+        time.sleep(harness.visible_after)
+        served = 0
+        while True:
+            delivery = receive_one(harness, broker)
+            harness.run_job(broker, delivery)
+            served += 1
+            if task_of(delivery) == mine:
+                break
+        waits.append(served)
+    return waits
+
+
+def p95(values: list[int]) -> int:
+    return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
+
+
+def check_flood_leaves_another_users_wait_as_when_idle(harness: BrokerHarness, broker: Broker,
+                                                       namespace: str) -> None:
+    # Issue 15's acceptance: one user's flood leaves another user's p95 wait within 2x of an idle system.
+    idle = waits_behind_flood(harness, broker, "carol", flood=0, asks=8)
+    flooded = waits_behind_flood(harness, broker, "bob", flood=40, asks=8)
+    assert p95(idle) == 1
+    assert p95(flooded) <= 2 * p95(idle), flooded  # first come, first served: he would wait behind all 40
+
+
 BEHAVIOURS = [
     Behaviour("receive_nothing_when_empty", check_receive_nothing_when_empty),
     Behaviour("ack_is_final", check_ack_is_final),
@@ -167,6 +213,7 @@ BEHAVIOURS = [
     Behaviour("priority_orders_jobs", check_priority_orders_jobs),
     Behaviour("events_round_trip", check_events_round_trip),
     Behaviour("queue_depth_counts_waiting_jobs", check_queue_depth_counts_waiting_jobs),
+    Behaviour("flood_leaves_another_users_wait_as_when_idle", check_flood_leaves_another_users_wait_as_when_idle),
 ]
 
 

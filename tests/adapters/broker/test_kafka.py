@@ -80,7 +80,8 @@ def kafka_harness(kafka_bootstrap: str, make_kafka: Callable[..., KafkaBroker]) 
 
     # A second worker needs ~1.5 s to join (3 s session), then must see nothing.
     return BrokerHarness(
-        name="kafka", make=make_kafka, dead_letters=dead_letters, supports_priority=False, second_worker_timeout=4.0
+        name="kafka", make=make_kafka, dead_letters=dead_letters, supports_priority=False, second_worker_timeout=4.0,
+        visible_after=0.3,
     )
 
 
