@@ -31,6 +31,12 @@ class InvalidInput(LoramillError):
     code = "invalid_input"
 
 
+class QuotaExceeded(InvalidInput):
+    """A user's files would take more storage than ``LORAMILL_USER_STORAGE_BYTES`` allows; free some first."""
+
+    code = "storage_quota_exceeded"
+
+
 class NotFound(LoramillError):
     """A job, LoRA, model or storage key does not exist (or belongs to someone else)."""
 

@@ -7,12 +7,13 @@ error knows which setting an operator would change. Documented in docs/configura
 from __future__ import annotations
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from loramill.adapters.storage.quota import QuotaSettings
 from loramill.errors import InvalidInput
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(QuotaSettings):
     """Where the API listens, what it accepts, and when it pushes back."""
 
     model_config = SettingsConfigDict(env_prefix="LORAMILL_", extra="ignore", populate_by_name=True)
@@ -37,9 +38,6 @@ class GatewaySettings(BaseSettings):
                                   "it that user's new jobs get 429 user_queue_full, others are unaffected")
     user_rate_limit: float = Field(default=2.0, gt=0, description="job submissions per second one user may make "
                                    "on average; above it 429 rate_limited with Retry-After")
-    user_storage_bytes: int = Field(default=5 * 1024**3, ge=0, description="bytes one user's uploads, LoRAs and "
-                                    "images may take in storage; an upload that would pass it gets 413 "
-                                    "storage_quota_exceeded (0 = no limit)")
     user_rate_burst: int = Field(default=20, ge=1, description="submissions one user may make at once before "
                                  "LORAMILL_USER_RATE_LIMIT applies")
 

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from loramill.adapters.storage.quota import QuotaSettings
 from loramill.domain.status import JobKind
 from loramill.errors import InvalidInput
 from loramill.jobs.retry import RetryPolicy
@@ -36,7 +37,7 @@ def parse_models(text: str) -> dict[str, str]:
     return models
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(QuotaSettings):
     """What a worker runs, where it keeps scratch files, and how it reports."""
 
     model_config = SettingsConfigDict(env_prefix="LORAMILL_", extra="ignore", populate_by_name=True)

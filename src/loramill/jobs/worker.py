@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from loramill import metrics
 from loramill.adapters.broker.base import Broker, Delivery
 from loramill.adapters.storage.base import Storage
+from loramill.adapters.storage.quota import StorageQuota
 from loramill.domain.ports import Store
 from loramill.domain.status import AttemptStart, JobKind, JobStatus
 from loramill.engine.progress import StopRequested
@@ -88,6 +89,7 @@ class Worker:
             levels = levels_for(settings.few_step_lora, few_step_family(settings.few_step_lora))
             self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=max(1, settings.workers),
                                           levels=levels)
+        self.quota = StorageQuota(storage, settings.user_storage_bytes)
         self._running: set[str] = set()  # task ids being handled now
         self.batcher = GenerationBatcher(max_images=settings.generation_batch,
                                          max_overtaken=settings.generation_max_overtaken)
@@ -220,7 +222,7 @@ class Worker:
                          extra={"kind": job.kind, "attempt": record.attempts + 1, "redelivered": delivery.redelivered})
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
-                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job),
+                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job), quota=self.quota,
                                  shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead,
                                  batcher=self.batcher, queued_at=record.created_at)
                 with self._heartbeat(job.task_id):

@@ -129,19 +129,20 @@ def test_revoked_partition_drops_its_look_ahead_and_its_late_ack() -> None:
     assert rest is not None and rest.partition == 1 and consumer.next(0) is None
 
 
-def test_full_look_ahead_pauses_every_partition_until_one_is_handed_out() -> None:
-    consumer, kafka = _consumer(lookahead=2), RecordingConsumer()
-    _fetch(consumer, (0, 0, "alice"), (1, 0, "alice"))
+def test_full_look_ahead_pauses_every_partition_until_half_is_handed_out() -> None:
+    consumer, kafka = _consumer(lookahead=4), RecordingConsumer()
+    _fetch(consumer, (0, 0, "alice"), (1, 0, "alice"), (0, 1, "alice"), (1, 1, "alice"))
 
     consumer._pace(kafka)  # type: ignore[arg-type]
     assert kafka.calls == [("pause", [0, 1])]
+    assert consumer.next(0) is not None
     consumer._pace(kafka)  # type: ignore[arg-type]
-    assert len(kafka.calls) == 1  # paused once
+    assert len(kafka.calls) == 1  # paused still: 3 of 4 waiting
 
     assert consumer.next(0) is not None
     consumer._pace(kafka)  # type: ignore[arg-type]
     # Each partition goes on right after what was fetched from it, with a seek (see _pace).
-    assert kafka.calls[1:] == [("seek", (0, 1)), ("seek", (1, 1)), ("resume", [0, 1])]
+    assert kafka.calls[1:] == [("seek", (0, 2)), ("seek", (1, 2)), ("resume", [0, 1])]
 
 
 def test_message_fetched_again_after_a_pause_is_not_held_twice() -> None:

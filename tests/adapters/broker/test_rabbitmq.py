@@ -77,7 +77,7 @@ def rabbitmq_harness(rabbitmq_url: str, make_rabbitmq: MakeBroker) -> BrokerHarn
 
     return BrokerHarness(
         name="rabbitmq", make=make_rabbitmq, dead_letters=dead_letters, supports_priority=True,
-        receive_timeout=10.0, quiet_timeout=1.0, second_worker_timeout=1.0,
+        receive_timeout=10.0, quiet_timeout=1.0, second_worker_timeout=1.0, visible_after=0.1,
     )
 
 

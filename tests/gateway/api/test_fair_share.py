@@ -63,3 +63,23 @@ def test_refuse_upload_past_the_users_storage_quota(tmp_path: Path) -> None:
     assert over.status_code == 413
     error = over.json()["error"]
     assert error["code"] == "storage_quota_exceeded" and "LORAMILL_USER_STORAGE_BYTES" in error["message"]
+
+
+def test_measure_storage_once_for_many_uploads_and_free_it_on_lora_delete(tmp_path: Path) -> None:
+    api = make_api(tmp_path, user_storage_bytes=10**9)
+    with api.client:
+        for i in range(4):
+            answer = api.client.post("/v1/trainings", headers=api.auth("alice"),
+                                     files=[("images", (f"{i}.png", png_bytes(i)))])
+            assert answer.status_code == 202
+        gateway = api.client.app.state.gateway  # type: ignore[attr-defined]
+        assert gateway.quota.measures == 1  # the prefix was listed once, not per upload
+
+        api.storage.put_bytes("users/alice/models/t.safetensors", b"w" * 5000, "application/octet-stream")
+        lora = api.store.create_lora(user_id="alice", family="sd15", storage_key="users/alice/models/t.safetensors",
+                                     task_id="t")
+        assert api.client.delete(f"/v1/loras/{lora.id}", headers=api.auth("alice")).status_code == 204
+    api.broker.close()
+    api.store.close()
+
+    assert not api.storage.exists("users/alice/models/t.safetensors")  # its bytes no longer count

@@ -53,6 +53,7 @@ class HeldMessage:
     lost: bool = False  # set when its partition is revoked: committing it would be wrong now
     seq: int = 0  # tells apart two deliveries of the same offset (a redelivery after revocation)
     held_at: float = 0.0  # time.monotonic() when it was handed out; 0 while in the look-ahead
+    fetched_at: float = 0.0  # time.monotonic() when the poll loop got it
     user: str | None = None  # the userId it names, for the fair choice
     timestamp: int = 0  # the producer's time (ms): the order of arrival across partitions
 
@@ -190,6 +191,7 @@ class JobConsumer:
             seq=next(self._seq),
             user=user_of(value),
             timestamp=max(0, message.timestamp()[1]),
+            fetched_at=time.monotonic(),
         )
         self._returned.discard((partition, offset))
         if state.next_offset < 0:
@@ -201,9 +203,11 @@ class JobConsumer:
             self._ready.notify()
 
     def _pace(self, consumer: Consumer) -> None:
-        """Pause every partition while the look-ahead is full, resume once a message has been handed out."""
+        """Pause every partition when the look-ahead is full, resume once half of it has been handed out (not
+        after each one: every pause drops what librdkafka had fetched, and every resume fetches again)."""
         with self._ready:
-            full = len(self._lookahead) >= self._lookahead_size
+            waiting = len(self._lookahead)
+        full = waiting >= self._lookahead_size if not self._paused else waiting > self._lookahead_size // 2
         if full == self._paused:
             return
         assigned = consumer.assignment()
@@ -243,12 +247,14 @@ class JobConsumer:
 
     def _poll_timeout(self) -> float:
         """How long the next poll may wait. A settle command runs only once the poll returns, so while
-        messages are out the wait is a twentieth of the oldest one's age (its ack waits ~5% of its job's
-        time, a few ms for a quick generation), at least 1 ms and at most ``poll_seconds``."""
-        out = [h.held_at for state in self._partitions.values() for h in state.pending.values() if h.held_at]
-        if not out:
+        messages are pending (in the look-ahead, where a worker may take one at any moment, or out) the wait
+        is a twentieth of the newest one's age, counted from when it was handed out or else fetched (its ack
+        waits ~5% of its job's time, a few ms for a quick generation), at least 1 ms and at most
+        ``poll_seconds``."""
+        since = [h.held_at or h.fetched_at for state in self._partitions.values() for h in state.pending.values()]
+        if not since:
             return self._poll_seconds
-        return min(self._poll_seconds, max(0.001, (time.monotonic() - min(out)) / 20))
+        return min(self._poll_seconds, max(0.001, (time.monotonic() - max(since)) / 20))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._cooperative:

@@ -2,7 +2,7 @@
 
 What long jobs need from RabbitMQ (aio-pika #342): the connection lives on an event loop in the
 adapter's own thread (``LoopThread``), so heartbeats go on while the worker's thread trains for
-hours; prefetch 1 so a busy worker holds one job; the queue's ``x-consumer-timeout`` above the
+hours; a prefetch that follows the worker (``receive``), so a busy worker holds only its own jobs; the queue's ``x-consumer-timeout`` above the
 longest job; ack only after the result is stored. ``connect_robust`` reconnects and restores the
 consumer after a broker restart; jobs are persistent and published with confirms, so a restart
 loses none. A delivery whose channel died is requeued by the server: acking it later is a no-op
@@ -36,9 +36,13 @@ T = TypeVar("T")
 
 REASON_HEADER = "x-loramill-reason"
 ORIGIN_HEADER = "x-loramill-origin"  # the queue a dead letter came from
-# After the fair window opens, RabbitMQ pushes the jobs behind the first in a burst (64 in a few ms on one
-# host); the gathering stops once none came for this long.
-GATHER_SECONDS = 0.02
+# When loramill queued the job (ns since the epoch): the order of arrival, which requeues can blur.
+QUEUED_AT_HEADER = "x-loramill-queued-at"
+# Once the fair window opens, RabbitMQ pushes the jobs the queue said it holds back to back (64 in ~4 ms
+# on one host); if none comes for GATHER_SECONDS, another worker took the rest. After those, the gathering
+# goes on while more come within TRAILING_SECONDS of each other.
+GATHER_SECONDS = 0.2
+TRAILING_SECONDS = 0.005
 
 
 class RabbitMQBroker(Broker):
@@ -56,6 +60,8 @@ class RabbitMQBroker(Broker):
         self._served = ServedLog()
         self._prefetch = 1
         self._window_open = False
+        self._flood_user: str | None = None  # the one user a full window held, and how many jobs to take
+        self._flood_left = 0  # before another user's job can be within the window (see receive)
         self._seq = itertools.count(1)
         self._consuming = False
         self._closed = False
@@ -141,7 +147,7 @@ class RabbitMQBroker(Broker):
             priority=max(0, min(int(priority), self.settings.max_priority)),
             message_id=task_id,
             content_type="application/json",
-            headers={"taskId": task_id},
+            headers={"taskId": task_id, QUEUED_AT_HEADER: time.time_ns()},
         )
         self._call(self._publish(lambda: self._publisher.default_exchange, message, self.settings.input_queue),
                    "publish a job")
@@ -195,6 +201,11 @@ class RabbitMQBroker(Broker):
         ``FAIR_CANDIDATES`` jobs, the fair choice is kept and the others go back to the queue, each to its
         old place (they come again with ``redelivered`` set). Between receives nothing is pushed beyond
         what the worker holds, so a worker busy with a long training hoards no job an idle one could run.
+
+        When a full window held one user's jobs only, and the queue holds N more behind them, no other
+        user's job can come within the window before N more jobs are taken: until then (N divided among
+        the queue's consumers) the worker takes the head as it comes, without looking, so one user's long
+        flood costs a look once per window, not one per job.
         """
         self._start_consuming()
         deadline = time.monotonic() + timeout
@@ -213,14 +224,15 @@ class RabbitMQBroker(Broker):
                 return None
             # 3. Its user served lately? Then look at the jobs behind it, and choose
             served = self._served.counts()
+            user = user_of(first.body)
             candidates = [first]
-            if served.get(user_of(first.body) or "", 0) > 0:
-                self._limit(len(self._held) + FAIR_CANDIDATES)
-                while len(candidates) < FAIR_CANDIDATES:
-                    pushed = self._next_message(time.monotonic() + GATHER_SECONDS)
-                    if pushed is None:
-                        break
-                    candidates.append(pushed)
+            if user is not None and user == self._flood_user and self._flood_left > 0:
+                self._flood_left -= 1  # only this user's jobs can be within the window (see above)
+            elif served.get(user or "", 0) > 0:
+                behind, consumers = self._look_ahead(candidates)
+                if len(candidates) >= FAIR_CANDIDATES and all(user_of(m.body) == user for m in candidates):
+                    self._flood_user, self._flood_left = user, behind // consumers
+            candidates = _in_arrival_order(candidates)
             index = choose([Candidate(user_of(m.body), int(m.priority or 0)) for m in candidates], served)
             chosen = candidates[index]
             others = candidates[:index] + candidates[index + 1:]
@@ -240,6 +252,32 @@ class RabbitMQBroker(Broker):
             headers=_plain_headers(chosen.headers),
         )
 
+    def _look_ahead(self, candidates: list[AbstractIncomingMessage]) -> tuple[int, int]:
+        """Open the window and fill ``candidates`` with the jobs it brings; (jobs ready behind it, consumers).
+
+        Counted first: the queue says how many jobs it holds ready before the window opens, and that many
+        come (up to the window), however slowly. Then, since the count can lag behind requeues the queue is
+        still processing, whatever else comes back to back (``TRAILING_SECONDS`` apart).
+        """
+        candidates += self._drain_inbox()
+        ready, consumers = self._call(self._depth(), "read the queue depth")
+        self._limit(len(self._held) + FAIR_CANDIDATES)
+        expected = min(ready, FAIR_CANDIDATES - len(candidates))
+        behind = ready - expected
+        while len(candidates) < FAIR_CANDIDATES:
+            wait = GATHER_SECONDS if expected > 0 else TRAILING_SECONDS
+            pushed = self._next_message(time.monotonic() + wait)
+            if pushed is None:
+                break  # all came (or another worker took the rest meanwhile)
+            candidates.append(pushed)
+            expected -= 1
+        return behind, consumers
+
+    async def _depth(self) -> tuple[int, int]:
+        """Jobs ready in the queue, and its consumers."""
+        declared = await self._jobs.declare()
+        return int(declared.message_count or 0), max(1, int(declared.consumer_count or 1))
+
     def _next_message(self, deadline: float) -> AbstractIncomingMessage | None:
         """The next job pushed to this worker whose channel is alive, waiting until ``deadline``."""
         while True:
@@ -251,7 +289,7 @@ class RabbitMQBroker(Broker):
                 return message  # one delivered on a channel that has died was requeued by the server
 
     def _drain_inbox(self) -> list[AbstractIncomingMessage]:
-        found = []
+        found: list[AbstractIncomingMessage] = []
         while True:
             try:
                 message = self._inbox.get_nowait()
@@ -352,12 +390,7 @@ class RabbitMQBroker(Broker):
 
     def queue_depth(self) -> int | None:
         """Jobs ready in the input queue (not counting the ones workers hold)."""
-
-        async def depth() -> int:
-            declared = await self._jobs.declare()
-            return int(declared.message_count or 0)
-
-        return self._call(depth(), "read the queue depth")
+        return self._call(self._depth(), "read the queue depth")[0]
 
     def close(self) -> None:
         if self._closed:
@@ -400,6 +433,17 @@ class RabbitMQBroker(Broker):
         url = self.settings.url.get_secret_value()
         password = aio_pika.connection.make_url(url).password
         return text.replace(url, self.settings.redacted_url()).replace(password, "******") if password else text
+
+
+def _in_arrival_order(messages: list[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
+    """``messages`` by priority, then by when they were queued, where every one says (loramill's do); else as
+    delivered. RabbitMQ requeues a message to its old place only "if possible", so after the look-aheads'
+    requeues the delivery order can differ from the order of arrival."""
+    stamps = [(m.headers or {}).get(QUEUED_AT_HEADER) for m in messages]
+    if len(messages) < 2 or not all(isinstance(s, int) for s in stamps):
+        return messages
+    order = sorted(range(len(messages)), key=lambda i: (-int(messages[i].priority or 0), stamps[i]))
+    return [messages[i] for i in order]
 
 
 async def _requeue(messages: list[AbstractIncomingMessage]) -> None:

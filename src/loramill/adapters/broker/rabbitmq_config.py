@@ -36,7 +36,8 @@ class RabbitMQSettings(BaseSettings):
     # it must exceed the longest job. Honoured by RabbitMQ >= 3.12 (and 3.11.15); older servers
     # only read consumer_timeout from rabbitmq.conf.
     consumer_timeout_ms: int = Field(DAY_MS, ge=1, description="x-consumer-timeout of the job queue.")
-    prefetch_count: int = Field(1, ge=1, description="Unacked jobs per worker; 1 = one job at a time.")
+    prefetch_count: int = Field(1, ge=1, description="Most jobs one worker holds at once; 1 = one job at a time "
+                                "(the channel's prefetch itself follows receive(): see RabbitMQBroker.receive).")
     heartbeat_seconds: int = Field(60, ge=0)
     reconnect_interval_seconds: float = Field(5.0, gt=0)
     operation_timeout_seconds: float = Field(30.0, gt=0, description="Connect, publish (confirm), ack.")

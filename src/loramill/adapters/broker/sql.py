@@ -193,8 +193,10 @@ class SqlBroker(Broker):
                     return None
                 users = [row.user_id or user_of(bytes(row.orphan_body or b"")) for row in rows]
                 named = sorted({user for user in users if user is not None})
-                served = dict(conn.execute(STARTED, {"users": named, "since": now - FAIR_WINDOW}).tuples().all()
-                              ) if named else {}
+                served: dict[str, int] = {}
+                if named:
+                    served = {user: int(count) for user, count in
+                              conn.execute(STARTED, {"users": named, "since": now - FAIR_WINDOW}).tuples()}
             # 2. The fair choice among them (domain/fairness.py)
             row = rows[choose([Candidate(user, row.priority) for user, row in zip(users, rows, strict=True)],
                               served)]

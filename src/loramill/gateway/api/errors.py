@@ -24,6 +24,7 @@ from loramill.errors import (
     LoramillError,
     NotFound,
     Overloaded,
+    QuotaExceeded,
     TransientError,
 )
 
@@ -48,11 +49,12 @@ class PayloadTooLarge(InvalidInput):
     code = "body_too_large"
 
 
-# most specific first: PayloadTooLarge is an InvalidInput
+# most specific first: PayloadTooLarge and QuotaExceeded are InvalidInputs
 STATUS: list[tuple[type[LoramillError], int]] = [
     (Unauthorized, 401),
     (Forbidden, 403),
     (PayloadTooLarge, 413),
+    (QuotaExceeded, 413),
     (InvalidInput, 422),
     (NotFound, 404),
     (Conflict, 409),

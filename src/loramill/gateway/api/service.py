@@ -16,13 +16,13 @@ from typing import Any
 
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
+from loramill.adapters.storage.quota import StorageQuota
 from loramill.domain.keys import owned_by, upload_key, validate_key
 from loramill.domain.ports import Store
 from loramill.domain.records import JobRecord, LoraRecord, Page
 from loramill.domain.status import JobKind, JobStatus
 from loramill.errors import Conflict, InvalidInput, LoramillError, NotFound, Overloaded, TransientError
 from loramill.gateway.api import metrics
-from loramill.gateway.api.errors import PayloadTooLarge
 from loramill.gateway.api.quotas import RateLimiter
 from loramill.gateway.api.uploads import CheckedImage
 from loramill.gateway.settings import GatewaySettings
@@ -51,6 +51,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, store: Store, storage: Storage, broker: Broker) -> None:
         self.settings, self.store, self.storage, self.broker = settings, store, storage, broker
         self.rate = RateLimiter(settings.user_rate_limit, settings.user_rate_burst)
+        self.quota = StorageQuota(storage, settings.user_storage_bytes)
 
     # ---- creating jobs -----------------------------------------------------------------------------
 
@@ -82,9 +83,11 @@ class Gateway:
         # 4. The job in Selfix's format, checked by the same parser the worker uses before anything is stored
         job = parse_job({"taskId": task_id, "userId": who.user_id, "images": keys + list(uploads),
                          "configurationParams": dict(options), "priority": priority})
-        self._check_storage_quota(who, sum(len(image.data) for image in uploads.values()))
+        self.quota.check(who.user_id, sum(len(image.data) for image in uploads.values()), what="these uploads",
+                         field="images")
         for key, image in uploads.items():
             self.storage.put_bytes(key, image.data, image.content_type)
+            self.quota.added(who.user_id, len(image.data))
         return self._queue(who, job, idempotency_key)
 
     def submit_generation(self, who: Principal, task_id: str, request: Mapping[str, Any], *,
@@ -150,17 +153,6 @@ class Gateway:
             error.retry_after = self.settings.retry_after_seconds  # type: ignore[attr-defined]
             metrics.REJECTED.inc()
             raise error
-
-    def _check_storage_quota(self, who: Principal, incoming: int) -> None:
-        """``PayloadTooLarge`` (413) when ``incoming`` bytes would take the user past ``LORAMILL_USER_STORAGE_BYTES``."""
-        quota = self.settings.user_storage_bytes
-        if not quota or not incoming:
-            return
-        used = self.storage.usage(f"users/{who.user_id}/")
-        if used + incoming > quota:
-            raise PayloadTooLarge(f"your files take {used} bytes and these uploads {incoming} more; the limit per user "
-                                  f"is {quota} (LORAMILL_USER_STORAGE_BYTES); delete LoRAs you no longer need "
-                                  "(DELETE /v1/loras/{id})", code="storage_quota_exceeded", field="images")
 
     def _refuse(self, message: str, code: str, retry_after: int) -> None:
         error = Overloaded(message, code=code)
@@ -259,6 +251,10 @@ class Gateway:
     def delete_lora(self, who: Principal, lora_id: str) -> None:
         lora = self.own_lora(who, lora_id)
         self.store.delete_lora(lora.id)
+        # Its file goes too: a deleted LoRA is never used again, and the storage quota counts what is stored.
+        if owned_by(lora.storage_key, lora.user_id):
+            self.storage.delete(lora.storage_key)
+            self.quota.forget(lora.user_id)
 
     def set_public(self, lora_id: str, public: bool) -> LoraRecord:
         if not self.store.set_lora_public(lora_id, public):

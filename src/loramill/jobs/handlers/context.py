@@ -25,6 +25,7 @@ from loramill.jobs.contracts import GenerationJob, TrainingJob
 
 if TYPE_CHECKING:
     from loramill.adapters.storage.base import Storage
+    from loramill.adapters.storage.quota import StorageQuota
     from loramill.domain.ports import Store
     from loramill.engine.generation.quality import LoadPolicy
     from loramill.jobs.batching import GenerationBatcher
@@ -56,6 +57,7 @@ class JobContext:
     recorder: JobRecorder
     scratch: Path
     shutdown: threading.Event
+    quota: StorageQuota | None = None  # the per-user storage quota its LoRA and images are held to (None: none)
     load_policy: LoadPolicy | None = None  # quality by load for generation jobs (None: always as asked)
     jobs_ahead: Callable[[], int] = lambda: 0  # jobs waiting behind this one, where the broker can tell
     batcher: GenerationBatcher | None = None  # shares denoising runs with the worker's other generation jobs
@@ -85,6 +87,15 @@ class JobContext:
             elapsed = time.monotonic() - started
             metrics.STAGE_SECONDS.labels(kind=self.job.kind, stage=name).observe(elapsed)
             log.info("stage %s took %.2fs", name, elapsed, extra={"stage": name, "seconds": round(elapsed, 3)})
+
+    def hold_to_quota(self, incoming: int, what: str) -> None:
+        """Count ``incoming`` bytes (``what``) about to be stored for the job's user; ``QuotaExceeded`` (the
+        job fails with ``storage_quota_exceeded``) if they would take the user past the storage quota."""
+        quota, user = self.quota, self.job.user_id
+        if quota is None:
+            return
+        self.io("storage.usage", lambda: quota.check(user, incoming, what=what))
+        quota.added(user, incoming)
 
     def progress(self, report: Progress) -> None:
         """The engine's progress callback: throttled events, step timing, and the cancel / shutdown check."""

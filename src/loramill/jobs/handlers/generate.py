@@ -82,12 +82,13 @@ def handle_generation(ctx: JobContext) -> JobEvent:
     if ctx.load_policy is not None and level is not None:
         ctx.load_policy.observe(elapsed, level)
 
-    # 5. Upload each PNG (with its A1111 parameters) and sign a link to it
+    # 5. Upload each PNG (with its A1111 parameters; within the user's storage quota) and sign a link to it
     paths, urls = [], []
+    pngs = [png_bytes(image.image, image.parameters) for image in images]
+    ctx.hold_to_quota(sum(len(data) for data in pngs), f"these {len(pngs)} image(s)")
     with ctx.stage("upload"):
-        for n, image in enumerate(images):
+        for n, data in enumerate(pngs):
             key = image_key(job.user_id, job.task_id, n)
-            data = png_bytes(image.image, image.parameters)
             ctx.io("storage.put_bytes", lambda key=key, data=data: ctx.storage.put_bytes(key, data, "image/png"))  # type: ignore[misc]
             paths.append(key)
             url = ctx.io("storage.url", lambda key=key: ctx.storage.url(key))  # type: ignore[misc]

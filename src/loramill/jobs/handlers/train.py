@@ -53,6 +53,7 @@ def handle_training(ctx: JobContext) -> JobEvent:
                            "generates with but does not train; choose an SD 1.5, SDXL or FLUX.1 base model",
                            code="unsupported_model", field="configurationParams.baseModel")
     config = train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file) if family else None
+    ctx.hold_to_quota(0, "this training's LoRA")  # a user over the storage quota already: fail before training
     with ctx.stage("load_model"):
         pipe, family = ctx.models.pipeline_for_training(model)
     config = config or train_config(job, model.path, family, ctx.settings, dataset_dir, run_dir, lora_file)
@@ -106,8 +107,10 @@ def handle_training(ctx: JobContext) -> JobEvent:
         else:
             result = train(config, pipe=pipe, progress=ctx.progress, on_checkpoint=on_checkpoint)
 
-    # 6. Upload the LoRA and register it for generation jobs
+    # 6. Upload the LoRA (within the user's storage quota) and register it for generation jobs
     key = model_key(job.user_id, job.task_id)
+    outputs = [result.lora_path, *sorted((run_dir / "samples").glob("*.png"))]
+    ctx.hold_to_quota(sum(path.stat().st_size for path in outputs), "this LoRA and its sample images")
     with ctx.stage("upload"):
         ctx.io("storage.put_file", lambda: ctx.storage.put_file(key, result.lora_path, "application/octet-stream"))
     samples = upload_samples(ctx, job.user_id, job.task_id, run_dir)
