@@ -9,9 +9,10 @@ job the moment it gets it (so only the queue is measured):
 2. cost: jobs/s of receive + ack through the whole flood of one user (the case where every choice has to
    look ahead, and RabbitMQ requeues what it looked at).
 
-Both are run twice, side by side: with the fair policy (``loramill.domain.fairness``), and with the
-baseline of first come, first served (the adapters' choice replaced by arrival order, RabbitMQ's window
-kept closed).
+Both run side by side, alternated twice (the best of each kept): with the fair policy
+(``loramill.domain.fairness``), and with the baseline of first come, first served (the adapters' choice
+replaced by arrival order, RabbitMQ's window kept closed). A published job is given the time it takes to
+reach a worker's look-ahead before bob's wait is counted (0.3 s on Kafka, 0.1 s on RabbitMQ), as in the test.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def brokers(base: Path) -> Iterator[tuple[str, Callable[[], tuple[Any, Callable[
     from loramill.adapters.store import JobStore
 
     count = iter(range(1000))
+    shutil.rmtree(base, ignore_errors=True)  # a database left by an earlier run holds the same task ids
+    base.mkdir(parents=True)
 
     def sql() -> tuple[Any, Callable[[Any, Any], None], float]:
         broker = SqlBroker(JobStore(f"sqlite:///{base / f'queue-{next(count)}.db'}"))
@@ -129,7 +132,7 @@ def brokers(base: Path) -> Iterator[tuple[str, Callable[[], tuple[Any, Callable[
 
         n = next(count)
         broker = RabbitMQBroker(url=node.url, input_queue=f"fair-{n}.jobs", output_queue=f"fair-{n}.events")
-        return broker, lambda b, d: b.ack(d), 0.0
+        return broker, lambda b, d: b.ack(d), 0.1
 
     def stop_rabbit() -> None:
         node.stop()
@@ -158,12 +161,15 @@ def run(quick: bool = False) -> list[Result]:
     results = []
     base = workdir("fairness")
     for name, make, stop in brokers(base):
+        runs: dict[str, list[dict[str, Any]]] = {"fifo": [], "fair": []}
         try:
-            with first_come_first_served():
-                fifo = measure(make, "fifo")
-            fair = measure(make, "fair")
+            for _ in range(1 if quick else 2):  # alternated, the best of each kept: the machine is shared
+                with first_come_first_served():
+                    runs["fifo"].append(measure(make, "fifo"))
+                runs["fair"].append(measure(make, "fair"))
         finally:
             stop()
+        fifo, fair = (max(runs[way], key=lambda r: r["jobs_per_s"]) for way in ("fifo", "fair"))
         results.append(Result(
             f"fair share {name}: another user's wait", "p95 jobs served before his (alone: 1)",
             fifo["bob_p95_wait"], fair["bob_p95_wait"],

@@ -62,6 +62,7 @@ class RabbitMQBroker(Broker):
         self._window_open = False
         self._flood_user: str | None = None  # the one user a full window held, and how many jobs to take
         self._flood_left = 0  # before another user's job can be within the window (see receive)
+        self._alone: tuple[str | None, int] | None = None  # the user whose jobs were all the queue held, how many
         self._seq = itertools.count(1)
         self._consuming = False
         self._closed = False
@@ -205,7 +206,9 @@ class RabbitMQBroker(Broker):
         When a full window held one user's jobs only, and the queue holds N more behind them, no other
         user's job can come within the window before N more jobs are taken: until then (N divided among
         the queue's consumers) the worker takes the head as it comes, without looking, so one user's long
-        flood costs a look once per window, not one per job.
+        flood costs a look once per window, not one per job. When a look saw the whole queue and it was one
+        user's (and this worker its only consumer), the next receive only asks the queue how many jobs it
+        holds: one fewer means nothing was queued since, and the head is taken without looking.
         """
         self._start_consuming()
         deadline = time.monotonic() + timeout
@@ -228,10 +231,14 @@ class RabbitMQBroker(Broker):
             candidates = [first]
             if user is not None and user == self._flood_user and self._flood_left > 0:
                 self._flood_left -= 1  # only this user's jobs can be within the window (see above)
-            elif served.get(user or "", 0) > 0:
+            elif served.get(user or "", 0) > 0 and not self._nothing_new(user):
                 behind, consumers = self._look_ahead(candidates)
-                if len(candidates) >= FAIR_CANDIDATES and all(user_of(m.body) == user for m in candidates):
-                    self._flood_user, self._flood_left = user, behind // consumers
+                self._alone = None
+                if all(user_of(m.body) == user for m in candidates):
+                    if len(candidates) >= FAIR_CANDIDATES:
+                        self._flood_user, self._flood_left = user, behind // consumers
+                    elif consumers == 1:
+                        self._alone = (user, len(candidates) - 1)
             candidates = _in_arrival_order(candidates)
             index = choose([Candidate(user_of(m.body), int(m.priority or 0)) for m in candidates], served)
             chosen = candidates[index]
@@ -251,6 +258,15 @@ class RabbitMQBroker(Broker):
             body=chosen.body, delivery_id=delivery_id, redelivered=bool(chosen.redelivered),
             headers=_plain_headers(chosen.headers),
         )
+
+    def _nothing_new(self, user: str | None) -> bool:
+        """Whether the queue is still only ``user``'s jobs the last look saw, less the one taken (see receive)."""
+        if self._alone is None or self._alone[0] != user:
+            return False
+        ready, consumers = self._call(self._depth(), "read the queue depth")
+        left = self._alone[1] - 1
+        self._alone = (user, left) if consumers == 1 and ready == left else None
+        return self._alone is not None
 
     def _look_ahead(self, candidates: list[AbstractIncomingMessage]) -> tuple[int, int]:
         """Open the window and fill ``candidates`` with the jobs it brings; (jobs ready behind it, consumers).
