@@ -129,20 +129,24 @@ def test_revoked_partition_drops_its_look_ahead_and_its_late_ack() -> None:
     assert rest is not None and rest.partition == 1 and consumer.next(0) is None
 
 
-def test_full_look_ahead_pauses_every_partition_until_half_is_handed_out() -> None:
-    consumer, kafka = _consumer(lookahead=4), RecordingConsumer()
-    _fetch(consumer, (0, 0, "alice"), (1, 0, "alice"), (0, 1, "alice"), (1, 1, "alice"))
+def test_full_look_ahead_pauses_the_partitions_with_their_share_waiting() -> None:
+    consumer, kafka = _consumer(lookahead=8), RecordingConsumer()  # two partitions: a share of 4 each
+    _fetch(consumer, *[(0, i, "alice") for i in range(4)], (1, 0, "bob"))
+    consumer._pace(kafka)  # type: ignore[arg-type]
+    assert kafka.calls == []  # 5 of 8: not full, everything keeps coming
 
+    _fetch(consumer, *[(0, i, "alice") for i in range(4, 7)])
     consumer._pace(kafka)  # type: ignore[arg-type]
-    assert kafka.calls == [("pause", [0, 1])]
-    assert consumer.next(0) is not None
+    assert kafka.calls == [("pause", [0])]  # full: partition 0 has its share waiting, partition 1 goes on
+    for _ in range(3):  # alice's first, bob's, then alice's
+        assert consumer.next(0) is not None
     consumer._pace(kafka)  # type: ignore[arg-type]
-    assert len(kafka.calls) == 1  # paused still: 3 of 4 waiting
+    assert len(kafka.calls) == 1  # 5 of partition 0's 7 still waiting, 5 of 8 in all
 
     assert consumer.next(0) is not None
-    consumer._pace(kafka)  # type: ignore[arg-type]
-    # Each partition goes on right after what was fetched from it, with a seek (see _pace).
-    assert kafka.calls[1:] == [("seek", (0, 2)), ("seek", (1, 2)), ("resume", [0, 1])]
+    consumer._pace(kafka)  # type: ignore[arg-type]  # the look-ahead is half empty
+    # It goes on right after what was fetched from it, with a seek (see _pace).
+    assert kafka.calls[1:] == [("seek", (0, 7)), ("resume", [0])]
 
 
 def test_message_fetched_again_after_a_pause_is_not_held_twice() -> None:

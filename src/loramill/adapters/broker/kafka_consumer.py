@@ -77,6 +77,7 @@ class _Partition:
     pending: dict[int, HeldMessage] = field(default_factory=dict)  # fetched, not settled (look-ahead or out)
     next_offset: int = -1  # the offset after the last one fetched (-1: nothing fetched yet)
     committed: int = -1  # the group's committed offset, as far as this consumer knows
+    paused: bool = False  # while it has its share of the look-ahead waiting (see JobConsumer._pace)
 
 
 class JobConsumer:
@@ -97,7 +98,6 @@ class JobConsumer:
         # Only the poll thread reads or writes these.
         self._partitions: dict[int, _Partition] = {}
         self._returned: set[tuple[int, int]] = set()
-        self._paused = False
         self._seq = itertools.count(1)
         self._stop = threading.Event()
         self._failure: BaseException | None = None
@@ -203,28 +203,28 @@ class JobConsumer:
             self._ready.notify()
 
     def _pace(self, consumer: Consumer) -> None:
-        """Pause every partition when the look-ahead is full, resume once half of it has been handed out (not
-        after each one: every pause drops what librdkafka had fetched, and every resume fetches again)."""
-        with self._ready:
-            waiting = len(self._lookahead)
-        full = waiting >= self._lookahead_size if not self._paused else waiting > self._lookahead_size // 2
-        if full == self._paused:
-            return
-        assigned = consumer.assignment()
-        if full:
-            consumer.pause(assigned)
-        else:
-            # Seek explicitly: a resume alone was measured to stall (~1 s every eighth job with two workers),
-            # most likely librdkafka's fetch back-off, which a seek resets.
-            for tp in assigned:
-                state = self._partitions.get(tp.partition)
-                if state is not None and state.next_offset >= 0:
-                    try:
-                        consumer.seek(TopicPartition(self._topic, tp.partition, state.next_offset))
-                    except KafkaException as exc:  # not fetching yet: the resume starts where it should
-                        log.debug("kafka seek of partition %s skipped: %s", tp.partition, exc)
-            consumer.resume(assigned)
-        self._paused = full
+        """Keep the look-ahead near ``lookahead`` messages: once it is full, pause each partition that has
+        its share of it waiting; resume one once half its share has been handed out, or the look-ahead is
+        half empty. Per partition, not all at once: a resumed partition's first fetch was measured to take
+        up to ~0.8 s (tansu), and meanwhile the others keep the look-ahead fed."""
+        waiting = {p: sum(1 for held in state.pending.values() if not held.held_at)
+                   for p, state in self._partitions.items()}
+        total = sum(waiting.values())
+        share = max(4, -(-self._lookahead_size // max(1, len(self._partitions))))
+        for partition, state in self._partitions.items():
+            if not state.paused and total >= self._lookahead_size and waiting[partition] >= share:
+                consumer.pause([TopicPartition(self._topic, partition)])
+                state.paused = True
+            elif state.paused and (waiting[partition] <= share // 2 or total <= self._lookahead_size // 2):
+                tp = TopicPartition(self._topic, partition, state.next_offset)
+                # Seek explicitly: a resume alone was measured to stall (~1 s every eighth job with two
+                # workers), most likely librdkafka's fetch back-off, which a seek resets.
+                try:
+                    consumer.seek(tp)
+                except KafkaException as exc:  # not fetching yet: the resume starts where it should
+                    log.debug("kafka seek of partition %s skipped: %s", partition, exc)
+                consumer.resume([TopicPartition(self._topic, partition)])
+                state.paused = False
 
     def _settle(self, consumer: Consumer, held: HeldMessage, *, commit: bool) -> bool:
         state = self._partitions.get(held.partition)
@@ -263,12 +263,13 @@ class JobConsumer:
             consumer.assign(partitions)
         for tp in partitions:
             self._partitions.setdefault(tp.partition, _Partition())
-        # New partitions follow the look-ahead: paused while it is full, fetching otherwise (a partition
-        # paused before a revocation must not stay paused forever).
-        if self._paused:
-            consumer.pause(partitions)
-        else:
-            consumer.resume(partitions)
+        # A new partition fetches (one paused before a revocation must not stay paused forever).
+        paused = [tp for tp in partitions if self._partitions[tp.partition].paused]
+        fetching = [tp for tp in partitions if not self._partitions[tp.partition].paused]
+        if paused:
+            consumer.pause(paused)
+        if fetching:
+            consumer.resume(fetching)
         log.info("kafka partitions assigned: %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
