@@ -222,7 +222,8 @@ class Worker:
                          extra={"kind": job.kind, "attempt": record.attempts + 1, "redelivered": delivery.redelivered})
                 # 4. Run it: fetch inputs, dataset, engine, upload — its events throttled on the way
                 ctx = JobContext(job=job, settings=self.settings, storage=self.storage, store=self.store,
-                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job), quota=self.quota,
+                                 models=self.models, recorder=self.recorder, scratch=self._scratch(job),
+                                 quota=self.quota,
                                  shutdown=self.shutdown, load_policy=self.load_policy, jobs_ahead=self._jobs_ahead,
                                  batcher=self.batcher, queued_at=record.created_at)
                 with self._heartbeat(job.task_id):

@@ -71,7 +71,8 @@ def _consumer(lookahead: int = 64, partitions: tuple[int, ...] = (0, 1)) -> JobC
 
 def _fetch(consumer: JobConsumer, *messages: tuple[int, int, str]) -> None:
     for n, (partition, offset, user) in enumerate(messages):
-        consumer._hold(FakeMessage(partition, offset, user, timestamp=1000 + len(consumer._lookahead) + n))  # type: ignore[arg-type]
+        message = FakeMessage(partition, offset, user, timestamp=1000 + len(consumer._lookahead) + n)
+        consumer._hold(message)  # type: ignore[arg-type]
 
 
 def test_next_hands_out_the_user_served_least_before_a_flood() -> None:

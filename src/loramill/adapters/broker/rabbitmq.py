@@ -2,11 +2,11 @@
 
 What long jobs need from RabbitMQ (aio-pika #342): the connection lives on an event loop in the
 adapter's own thread (``LoopThread``), so heartbeats go on while the worker's thread trains for
-hours; a prefetch that follows the worker (``receive``), so a busy worker holds only its own jobs; the queue's ``x-consumer-timeout`` above the
-longest job; ack only after the result is stored. ``connect_robust`` reconnects and restores the
-consumer after a broker restart; jobs are persistent and published with confirms, so a restart
-loses none. A delivery whose channel died is requeued by the server: acking it later is a no-op
-with a warning, and the job comes again.
+hours; a prefetch that follows the worker (``receive``), so a busy worker holds only its own jobs;
+the queue's ``x-consumer-timeout`` above the longest job; ack only after the result is stored.
+``connect_robust`` reconnects and restores the consumer after a broker restart; jobs are persistent
+and published with confirms, so a restart loses none. A delivery whose channel died is requeued by
+the server: acking it later is a no-op with a warning, and the job comes again.
 """
 
 from __future__ import annotations
