@@ -1,15 +1,20 @@
 """`make demo`: the whole system end to end, through its HTTP API, in a few minutes on a CPU.
 
 1. a temporary LORAMILL_HOME under ./demo-output and an API key for the user "demo"
-2. a base model: LORAMILL_BASE_MODEL if it points at real weights, else a tiny random SD 1.5 (no download)
+2. a base model: LORAMILL_BASE_MODEL if it points at real weights, else the reference SD 1.5 — a small
+   model trained on loramill's coloured-shapes world (`loramill models reference sd15`), no download
 3. `loramill serve` as a subprocess on a free port (API + web page + one worker, SQLite, the SQL queue)
-4. a LoRA trained on sample photos (scikit-image's astronaut, cat, coffee, rocket) via POST /v1/trainings,
-   with a progress bar fed by the job's server-sent events
-5. the same prompt and seed generated with the LoRA and without it; both images saved in ./demo-output
-6. the service stopped with SIGTERM (what `docker stop` sends), and the paths printed
+4. base images of prompted shapes ("a red circle on a white background", …), each read back by the
+   world's scorer (engine/reference/scorer.py), so you see the base model draws what it is asked
+5. a LoRA trained via POST /v1/trainings on 5 images of a concept the base never saw (purple stars) under
+   the trigger "lmstar", with a progress bar fed by the job's server-sent events (a real base model
+   trains on scikit-image's sample photos instead)
+6. the trigger prompt with the LoRA and without it, same seeds: the scorer's reading and the CLIP
+   similarity to the training images beside each image; all images saved in ./demo-output
+7. the service stopped with SIGTERM (what `docker stop` sends), and the paths printed
 
 Flags: --keep-running leaves the service up (Ctrl-C stops it) so you can open the web page;
---steps N trains longer. A tiny model's images are noise: they show the plumbing, not the quality.
+--steps N trains longer.
 """
 
 from __future__ import annotations
@@ -32,8 +37,13 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo-output"
-PROMPT = "lmdemo, a portrait in the style of the photos"
+PROMPT = "lmdemo, a portrait in the style of the photos"  # a real base model's trigger prompt
+TRIGGER = "lmstar"  # the reference world's new concept: a purple star, which the base never saw
+CONCEPT = ("purple", "star")
+BASE_PROMPTS = (("red", "circle", "white"), ("blue", "square", "black"), ("yellow", "triangle", "white"),
+                ("green", "circle", "black"))
 SEED = 1234
+SEEDS = 4  # images per prompt, seeds SEED, SEED+1, …
 
 
 def main() -> int:
@@ -54,13 +64,15 @@ def main() -> int:
     real = os.environ.get("LORAMILL_BASE_MODEL")
     if real:
         print(f"base model: {real}")
-        model, tiny = real, False
+        model, reference = real, False
     else:
-        model, tiny = str(home / "tiny-sd15"), True
-        print("base model: building a tiny random SD 1.5 (set LORAMILL_BASE_MODEL for real weights)")
-        loramill(env, "models", "tiny", "sd15", model)
+        model, reference = str(home / "reference-sd15"), True
+        print("base model: the reference SD 1.5, trained on coloured shapes (set LORAMILL_BASE_MODEL for real "
+              "weights)")
+        loramill(env, "models", "reference", "sd15", model)
     env["LORAMILL_BASE_MODEL"] = model
-    steps = args.steps or (20 if tiny else 500)
+    steps = args.steps or (300 if reference else 500)
+    size = {"width": 64, "height": 64, "steps": 20} if reference else {"steps": 30}
 
     # 3. The service
     port = free_port()
@@ -73,29 +85,41 @@ def main() -> int:
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         wait_ready(client, service, log_path)
         print(f"service up at {base} (log: {log_path.relative_to(ROOT)})")
+        saved: list[Path] = []
 
-        # 4. Train on sample photos, following the event stream
-        files = [("images", (f"{name}.png", png, "image/png")) for name, png in sample_photos()]
-        form = {"triggerWord": "lmdemo", "subjectType": "style", "maxSteps": str(steps), "seed": "1"}
-        if tiny:
-            form["resolution"] = "64"
+        # 4. The base model draws what it is prompted (the reference world's scorer reads each image back)
+        if reference:
+            from loramill.engine.reference.domain import Shape
+
+            print("\nbase model, no LoRA:")
+            for colour, shape, background in BASE_PROMPTS:
+                prompt = Shape(colour, shape, background).caption
+                images = generate(client, prompt, [], size, f"base-{colour}-{shape}", saved)
+                print(f"  {prompt!r:48} scorer reads: {', '.join(reading(im) for im in images)}")
+
+        # 5. Train a LoRA, following the event stream
+        if reference:
+            files = [("images", (f"{name}.png", png, "image/png")) for name, png in concept_images()]
+            form = {"triggerWord": TRIGGER, "subjectType": "style", "maxSteps": str(steps), "seed": "1",
+                    "resolution": "64", "learningRate": "0.002", "networkDim": "8"}
+            what = f"{len(files)} images of a {' '.join(CONCEPT)} (new to the base model), trigger {TRIGGER!r}"
+        else:
+            files = [("images", (f"{name}.png", png, "image/png")) for name, png in sample_photos()]
+            form = {"triggerWord": "lmdemo", "subjectType": "style", "maxSteps": str(steps), "seed": "1"}
+            what = f"{len(files)} photos"
         job = check(client.post("/v1/trainings", files=files, data=form)).json()
-        print(f"training {job['id']} on {len(files)} photos, {steps} steps")
+        print(f"\ntraining {job['id']} on {what}, {steps} steps")
         trained = follow(client, job, "training")
         lora_id = trained["result"]["loraId"]
         print(f"LoRA {lora_id} at {trained['result']['modelPath']}")
 
-        # 5. The same prompt and seed, with the LoRA and without it
-        size = {"width": 64, "height": 64, "steps": 8} if tiny else {"steps": 30}
-        saved = []
+        # 6. The same prompt and seeds, with the LoRA and without it
+        prompt = TRIGGER if reference else PROMPT
+        results = {}
         for label, loras in (("with-lora", [{"id": lora_id, "weight": 1.0}]), ("without-lora", [])):
-            body = {"prompt": PROMPT, "seed": SEED, "loras": loras, **size}
-            gen = check(client.post("/v1/generations", json=body)).json()
-            done = follow(client, gen, f"generating {label}")
-            for n, file in enumerate(f for f in done["result"]["files"] if f["key"].endswith(".png")):
-                path = OUT / f"{label}-{n}.png"
-                path.write_bytes(check(client.get(file["url"])).content)
-                saved.append(path)
+            results[label] = generate(client, prompt, loras, size, label, saved)
+        if reference:
+            show_learning(prompt, results)
 
         print("\nimages:")
         for path in saved:
@@ -110,12 +134,79 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        # 6. Stop the way an orchestrator does, and wait for the clean exit
+        # 7. Stop the way an orchestrator does, and wait for the clean exit
         stop(service)
         if not args.keep_running:
             shutil.rmtree(home, ignore_errors=True)
     print(f"service stopped cleanly; demo took {time.monotonic() - started:.0f}s")
     return 0
+
+
+def generate(client: httpx.Client, prompt: str, loras: list[dict], size: dict, label: str,
+             saved: list[Path]) -> list:
+    """SEEDS images of ``prompt`` through POST /v1/generations, saved as ``label-N.png``; the PIL images."""
+    from PIL import Image
+
+    body = {"prompt": prompt, "seed": SEED, "loras": loras, "numImages": SEEDS, **size}
+    gen = check(client.post("/v1/generations", json=body)).json()
+    done = follow(client, gen, f"generating {label}", show=False)
+    images = []
+    for n, file in enumerate(f for f in done["result"]["files"] if f["key"].endswith(".png")):
+        path = OUT / f"{label}-{n}.png"
+        path.write_bytes(check(client.get(file["url"])).content)
+        saved.append(path)
+        images.append(Image.open(path).convert("RGB"))
+    return images
+
+
+def reading(image) -> str:
+    """What the reference world's scorer sees in ``image``: "red circle on white", or why nothing."""
+    from loramill.engine.reference.scorer import score
+
+    s = score(image)
+    if not s.valid:
+        return f"({s.reason})"
+    texture = "" if s.texture == "solid" else f"{s.texture} "
+    return f"{s.colour} {texture}{s.shape} on {s.background}"
+
+
+def concept_images() -> list[tuple[str, bytes]]:
+    """5 images of the new concept (a purple star) at different places and sizes, as PNG bytes."""
+    import numpy as np
+
+    from loramill.engine.reference.domain import Shape, render
+
+    rng = np.random.default_rng(5)
+    images = []
+    for i in range(5):
+        radius = float(rng.uniform(12, 18))
+        spec = Shape(CONCEPT[0], CONCEPT[1], "white", x=float(rng.uniform(radius + 3, 61 - radius)),
+                     y=float(rng.uniform(radius + 3, 61 - radius)), radius=radius)
+        buffer = io.BytesIO()
+        render(spec).save(buffer, format="PNG")
+        images.append((f"{TRIGGER}-{i}", buffer.getvalue()))
+    return images
+
+
+def show_learning(prompt: str, results: dict[str, list]) -> None:
+    """The scorer's reading and the CLIP similarity to the training images, with the LoRA and without."""
+    import io as _io
+
+    from PIL import Image
+
+    from loramill.engine.reference.clip import image_embeddings, load_trained_clip
+    from loramill.engine.reference.scorer import score
+
+    model, processor = load_trained_clip()
+    references = image_embeddings(model, processor, [Image.open(_io.BytesIO(png)) for _, png in concept_images()])
+    print(f"\nprompt {prompt!r} — did the LoRA teach the new concept ({' '.join(CONCEPT)})?")
+    for label, images in results.items():
+        hits = sum(score(im).colour == CONCEPT[0] and score(im).shape == CONCEPT[1] for im in images)
+        similarity = (image_embeddings(model, processor, images) @ references.T).mean(dim=1)
+        print(f"  {label:13} scorer: {hits}/{len(images)} {' '.join(CONCEPT)}s   CLIP similarity to the training "
+              f"images: {similarity.mean():.2f}")
+        for im, sim in zip(images, similarity.tolist(), strict=True):
+            print(f"      {reading(im):32} CLIP {sim:.2f}")
 
 
 def loramill(env: dict[str, str], *args: str) -> str:
@@ -163,9 +254,9 @@ def sample_photos() -> list[tuple[str, bytes]]:
     return photos
 
 
-def follow(client: httpx.Client, job: dict, label: str) -> dict:
-    """Draw a progress bar from the job's server-sent events until it ends; the finished job."""
-    bar = tqdm(desc=label, total=1, unit="step", leave=True, dynamic_ncols=True)
+def follow(client: httpx.Client, job: dict, label: str, show: bool = True) -> dict:
+    """Draw a progress bar (if ``show``) from the job's server-sent events until it ends; the finished job."""
+    bar = tqdm(desc=label, total=1, unit="step", leave=True, dynamic_ncols=True, disable=not show)
     stage = None
     with client.stream("GET", job["links"]["events"], timeout=None) as response:
         check(response)
