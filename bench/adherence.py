@@ -30,10 +30,15 @@ def _adherence(folder: str, family: str, steps: int) -> tuple[float, float]:
 def run(quick: bool = False) -> list[Result]:
     import shutil
 
-    from loramill.engine.reference.models import FAMILY_MODELS, write_reference_model
+    from loramill.engine.reference.models import FAMILY_MODELS, manifest, shipped, write_reference_model
 
     results = []
-    for family in FAMILY_MODELS:
+    for family in set(FAMILY_MODELS) - set(shipped()):  # its figures from training, not measured again
+        figures = manifest().get(family, {})
+        results.append(Result(f"base adherence {family} (reference vs random)", "share of 120 prompts drawn right",
+                              None, figures.get("adherence"), None, "≥ 0.90", False, "make reference-models",
+                              note=f"not shipped: the reference {family} model is under the bar (docs/quality.md)"))
+    for family in shipped():
         folder = workdir("adherence") / family
         shutil.rmtree(folder, ignore_errors=True)
         write_reference_model(family, folder)

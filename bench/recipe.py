@@ -1,12 +1,14 @@
 """Forgetting and the training recipe on the reference world (issue 13), per shipped family, in one run.
 
-Concept A is a style: ``sks style`` = the striped texture, on base colours and shapes. Concept B is a new
-shape: ``zwx`` = the star the base models never saw. Measured with the reference world's scorer:
+Concept A is a new colour: ``sks`` = purple, which the base models never saw, on the base shapes ("a sks
+circle on a white background"). Concept B is a new shape: ``zwx`` = the star the base models never saw.
+(The striped texture was the first choice for A, but the reference VAE does not reproduce stripes: 0.7% of
+striped reconstructions read right, docs/quality.md.) Measured with the reference world's scorer:
 
-- fidelity A: share of ``"a {colour} {shape} on a white background, sks style"`` renders read as striped;
+- fidelity A: share of ``"a sks {shape} on a {background} background"`` renders read as purple;
 - fidelity B: share of ``"a {colour} zwx on a white background"`` renders read as a star;
 - base adherence: share of base prompts (every base colour × shape) rendered as their caption says;
-- bleed: A's prompts drawn as stars, and B's drawn striped.
+- bleed: A's prompts drawn as stars, and B's drawn purple.
 
 Runs, same seeds: A alone; B alone; A then B continued without protection (forgetting reproduced); A then
 B with teacher preservation (the LoRA continued from as the teacher), with replay of A's images, and with
@@ -42,23 +44,26 @@ class Plan:
 
 
 def datasets(root: Path) -> dict[str, Path]:
-    """A: striped base shapes captioned "…, sks style"; B: stars of base colours captioned "a red zwx …"."""
+    """A: purple base shapes captioned "a sks circle …"; B: stars of base colours captioned "a red zwx …"."""
     from dataclasses import replace
 
     from loramill.engine.reference import domain
 
     out = {}
-    for name, texture, shape_word in (("A", "striped", None), ("B", "solid", SHAPE)):
+    for name in ("A", "B"):
         folder = root / f"concept-{name}"
         if not (folder / "done").exists():
             folder.mkdir(parents=True, exist_ok=True)
             specs = domain.specs_for("base", 12, seed=100 + ord(name))
             for i, spec in enumerate(specs):
-                spec = replace(spec, background="white", texture=texture,
-                               shape=spec.shape if shape_word is None else "star")
+                background = ("white", "black")[i % 2]
+                if name == "A":
+                    spec = replace(spec, colour="purple", background=background)
+                    text = domain.caption("purple", spec.shape, background).replace("purple", STYLE)
+                else:
+                    spec = replace(spec, shape="star", background=background)
+                    text = domain.caption(spec.colour, "star", background).replace("star", SHAPE)
                 domain.render(spec).save(folder / f"{i:03d}.png")
-                words = domain.caption(spec.colour, spec.shape, "white")
-                text = f"{words}, {STYLE} style" if shape_word is None else words.replace("star", SHAPE)
                 (folder / f"{i:03d}.txt").write_text(text)
             (folder / "done").write_text("")
         out[name] = folder
@@ -70,8 +75,8 @@ def prompts(concept: str) -> list[Any]:
     from loramill.engine.reference import domain
 
     if concept == "A":
-        return [(f"{domain.caption(c, s)}, {STYLE} style", domain.Shape(c, s, texture="striped"))
-                for c in domain.BASE_COLOURS for s in domain.BASE_SHAPES]
+        return [(domain.caption("purple", s, b).replace("purple", STYLE), domain.Shape("purple", s, b))
+                for s in domain.BASE_SHAPES for b in ("white", "black")]
     return [(domain.caption(c, "star").replace("star", SHAPE), domain.Shape(c, "star")) for c in domain.BASE_COLOURS]
 
 
@@ -119,10 +124,10 @@ def measure(pipe: Any, family_name: str, lora: Path | None, plan: Plan) -> dict[
             scored[concept] = [score(im) for im in render(pipe, family, [p for p, _ in items], plan)]
         a, b = scored["A"], scored["B"]
         return {
-            "fidelity_A": sum(s.valid and s.texture == "striped" for s in a) / len(a),
+            "fidelity_A": sum(s.valid and s.colour == "purple" for s in a) / len(a),
             "fidelity_B": sum(s.valid and s.shape == "star" for s in b) / len(b),
             "bleed_A_as_star": sum(s.valid and s.shape == "star" for s in a) / len(a),
-            "bleed_B_striped": sum(s.valid and s.texture == "striped" for s in b) / len(b),
+            "bleed_B_purple": sum(s.valid and s.colour == "purple" for s in b) / len(b),
             "adherence": adherence(pipe, family, plan),
         }
     finally:
@@ -207,7 +212,7 @@ def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
                           r["fidelity_A"], keep_a, "≥0.9 / ≥0.9 / ≥0.95", met, COMMAND,
                           details={**r, "keep_A": keep_a, "keep_B": keep_b, "keep_adherence": keep_base}))
     two = m["A+B one run"]
-    bleed = max(two["bleed_A_as_star"], two["bleed_B_striped"])
+    bleed = max(two["bleed_A_as_star"], two["bleed_B_purple"])
     out.append(Result(f"{family}: A and B in one run", "bleed (max of the two)", None, bleed, None, "≤ 0.10",
                       bleed <= 0.10, COMMAND, details=two))
     for name, r in m.items():
