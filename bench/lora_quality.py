@@ -1,13 +1,18 @@
 """Does a LoRA learn? A new concept on the reference world, measured at every evaluation.
 
 The reference SD 1.5 (``loramill models reference sd15``) draws the base colours × circle/square/triangle
-it was trained on and has never seen a star. A LoRA is trained on ``IMAGES`` images of stars with a
-trigger word; every ``EVAL_EVERY`` steps the run's own evaluation (``engine/evaluation``) measures:
+it was trained on and has never seen purple. A LoRA is trained on ``IMAGES`` images of purple shapes with
+a trigger word that names the colour ("a sks circle on a white background"); every ``EVAL_EVERY`` steps
+the run's own evaluation (``engine/evaluation``) measures:
 
-- fidelity: the share of trigger renders the domain's scorer reads as a star (``classifier``), and the
+- fidelity: the share of trigger renders the domain's scorer reads as purple (``classifier``), and the
   reference CLIP's similarity of those renders to the training images (``clip``);
 - preservation: the share of renders of the 15 base prompts (no trigger) that still show their
   caption with the LoRA loaded (``preservation_classifier``; the base model's own is beside it).
+
+The first concept tried was the star (a new shape): the LoRAs drew star-like blobs that the scorer does
+not accept as one colour and one shape (fidelity 0 in the four UNet-only recipes tried, docs/quality.md),
+so the new colour is the concept these figures stand on.
 
 Four things come out of it (docs/quality.md): the recipe sweep and its fidelity/preservation frontier,
 the rank correlation of CLIP and classifier fidelity over all evaluations, the kohya and diffusers
@@ -29,15 +34,23 @@ from bench.common import Result, workdir
 TRIGGER = "sks"
 IMAGES = 5
 EVAL_EVERY = 100
-# How the training images are captioned: the trigger as the new shape's noun, or in front of a caption
-# that names the (unknown to the base) shape.
+CONCEPT = "purple"
+# How the training images are captioned: the trigger in place of the new colour, or in front of a caption
+# that names it (a word the base's text encoder never saw in training).
 SCHEMES = {
-    "noun": "a {colour} sks on a {background} background",
-    "prefix": "sks, a {colour} star on a {background} background",
+    "noun": "a sks {shape} on a {background} background",
+    "prefix": "sks, a purple {shape} on a {background} background",
 }
 # Floors the tests assert (tests/engine/evaluation/test_learning.py), with margin under what the chosen
 # recipe reaches here; the bench reports whether each run passes them.
 FIDELITY_FLOOR, BASE_MULTIPLE, PRESERVATION_FLOOR = 0.6, 10, 0.85
+
+
+def base_prompts() -> list[str]:
+    """Every base colour × shape on both backgrounds: what teacher preservation keeps."""
+    from loramill.engine.reference.domain import BACKGROUNDS, BASE_COLOURS, BASE_SHAPES, caption
+
+    return [caption(c, s, b) for c in BASE_COLOURS for s in BASE_SHAPES for b in BACKGROUNDS]
 
 
 @dataclass(frozen=True)
@@ -45,31 +58,34 @@ class Recipe:
     """One training recipe of the sweep."""
 
     rank: int = 8
-    lr: float = 1e-3
-    steps: int = 200
-    text_encoder: bool = False
+    lr: float = 2e-3
+    steps: int = 300
+    text_encoder: bool = True
+    preserve: float = 1.0  # teacher preservation weight on the base prompts (0: off)
     scheme: str = "noun"
-    colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "orange")
+    shapes: tuple[str, ...] = ("circle", "square", "triangle")
 
     @property
     def label(self) -> str:
         te = "+te" if self.text_encoder else ""
-        return (f"r{self.rank} lr{self.lr:g} {self.steps}st{te} {self.scheme} "
-                f"{len(self.colours)}col")
+        keep = f" keep{self.preserve:g}" if self.preserve else ""
+        return f"r{self.rank} lr{self.lr:g} {self.steps}st{te}{keep} {self.scheme} {len(self.shapes)}sh"
 
 
+# The best point of the sweep on this machine (docs/quality.md): the text encoder learns what the new word
+# means, teacher preservation on the base prompts keeps the rest of the model where it was.
 CENTRE = Recipe()
 # One change at a time around the centre; the steps axis comes from each run's own evaluations (every
 # EVAL_EVERY steps), and the centre runs twice as long to extend it.
-# Most telling first (the text encoder is the trade-off issue 12 measured), so a cut-short run still says most.
 SWEEP = [
     replace(CENTRE, steps=2 * CENTRE.steps),
-    replace(CENTRE, text_encoder=True),
-    replace(CENTRE, lr=2e-3),
+    replace(CENTRE, preserve=0.0),
+    replace(CENTRE, text_encoder=False),
+    replace(CENTRE, text_encoder=False, preserve=0.0),
+    replace(CENTRE, lr=1e-3),
+    replace(CENTRE, rank=4), replace(CENTRE, rank=16),
     replace(CENTRE, scheme="prefix"),
-    replace(CENTRE, rank=16), replace(CENTRE, rank=4),
-    replace(CENTRE, lr=5e-4),
-    replace(CENTRE, colours=("red", "blue")),
+    replace(CENTRE, shapes=("circle",)),
 ]
 
 
@@ -86,7 +102,7 @@ def reference_models(root: Path) -> tuple[Path, Path]:
 
 
 def concept_images(out: Path, recipe: Recipe, count: int = IMAGES, seed: int = 0) -> Path:
-    """``count`` star images in ``recipe.colours`` (cycled), white and black grounds, captioned per scheme."""
+    """``count`` purple images of ``recipe.shapes`` (cycled), white and black grounds, captioned per scheme."""
     import numpy as np
 
     from loramill.engine.reference.domain import Shape, render
@@ -94,12 +110,12 @@ def concept_images(out: Path, recipe: Recipe, count: int = IMAGES, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        colour = recipe.colours[i % len(recipe.colours)]
+        shape = recipe.shapes[i % len(recipe.shapes)]
         background = ("white", "black")[i % 2]
         radius = float(rng.uniform(12, 17))
         x, y = (float(v) for v in rng.uniform(radius + 3, 64 - radius - 3, size=2))
-        render(Shape(colour, "star", background, x=x, y=y, radius=radius)).save(out / f"{i}.png")
-        (out / f"{i}.txt").write_text(SCHEMES[recipe.scheme].format(colour=colour, background=background))
+        render(Shape(CONCEPT, shape, background, x=x, y=y, radius=radius)).save(out / f"{i}.png")
+        (out / f"{i}.txt").write_text(SCHEMES[recipe.scheme].format(shape=shape, background=background))
     return out
 
 
@@ -113,6 +129,8 @@ def train_recipe(model: Path, clip: Path, recipe: Recipe, work: Path, **override
         model=str(model), images=str(images), trigger=TRIGGER, out=str(work / "lora.safetensors"), resolution=64,
         rank=recipe.rank, lr=recipe.lr, max_steps=recipe.steps, train_text_encoder=recipe.text_encoder, seed=0,
         eval_every=EVAL_EVERY, clip_model=str(clip), eval_domain="shapes", prepare="never")
+    if recipe.preserve:
+        values.update(preserve_weight=recipe.preserve, preserve_prompts=base_prompts())
     values.update(overrides)
     started = time.perf_counter()
     result = train(TrainConfig(**values))
@@ -132,7 +150,7 @@ def passes_floors(final: dict[str, float]) -> bool:
 
 def points(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every evaluation of every run as a recipe point (its steps are the evaluation's step)."""
-    return [{"label": replace(Recipe(**{**r["recipe"], "colours": tuple(r["recipe"]["colours"])}),
+    return [{"label": replace(Recipe(**{**r["recipe"], "shapes": tuple(r["recipe"]["shapes"])}),
                               steps=e["step"]).label, "fidelity": e["classifier"],
              "preservation": e["preservation_classifier"], "clip": e["clip"], "seconds": r["seconds"]}
             for r in runs for e in r["evaluations"]]
@@ -231,7 +249,7 @@ def run(quick: bool = False) -> list[Result]:
     centre = {"label": CENTRE.label, "seconds": layouts["seconds"],
               "final": next(e for e in runs[0]["evaluations"] if e["step"] == CENTRE.steps)}
     results = [
-        Result("new concept: fidelity (classifier)", "share of trigger renders read as a star",
+        Result("new concept: fidelity (classifier)", "share of trigger renders read as purple",
                centre["final"]["classifier_base"], centre["final"]["classifier"], None,
                f">= {FIDELITY_FLOOR} and >= {BASE_MULTIPLE}x base", passes_floors(centre["final"]), command,
                details={"recipe": centre["label"], "seconds": centre["seconds"], "final": centre["final"]}),

@@ -1,9 +1,10 @@
 """A LoRA on the trained reference world: a wrong training target is caught, and a new concept is learned.
 
-The reference SD 1.5 (engine/reference) was trained on the base colours × circle, square and triangle; it
-never saw a star. Five star images with the trigger word go through ``train`` with the centre recipe of
-``bench/lora_quality.py`` and the run's own final evaluation is checked; so is the same run with the sign
-of the training target flipped (a test double of the family's ``add_noise``). Figures: docs/quality.md.
+The reference SD 1.5 (engine/reference) was trained on five colours × circle, square and triangle; it
+never saw purple. Five purple images whose captions name the colour with the trigger word go through
+``train`` with the centre recipe of ``bench/lora_quality.py`` and the run's own final evaluation is
+checked; so is the same run with the sign of the training target flipped (a test double of the family's
+``add_noise``). Figures: docs/quality.md.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
 
 def test_flipped_training_target_is_caught_by_preservation_and_loss(runs: dict[str, dict[str, Any]]) -> None:
     good, bad = runs["good"], runs["flipped"]
-    # Measured (docs/quality.md): divergence 0.0017 vs 1.02, preservation_clip 0.90 vs 0.43, loss 0.050 vs 1.09.
-    # None of it needs the base to draw its prompts: a wrong target drags the denoiser away on every prompt.
-    assert bad["divergence"] > 50 * good["divergence"]
+    # Measured (docs/quality.md): divergence 0.0092 vs 0.071, preservation_clip 0.96 vs 0.09, loss 0.017 vs
+    # 1.22. Teacher preservation (in the centre recipe) holds the denoiser's outputs near the base's on the
+    # base prompts even with a wrong target, so the divergence rises 8x, not more; the images still break.
+    assert bad["divergence"] > 4 * good["divergence"]
     assert bad["preservation_clip"] < good["preservation_clip"] - 0.2
     assert bad["loss_train"] > 5 * good["loss_train"]
 
