@@ -6,6 +6,7 @@ sure it cannot leave its prefix.
 
 ```
 users/{userId}/images/{taskId}/{nnn}-{sha256}.{ext}   training images uploaded through the gateway
+users/{userId}/images/{taskId}/{nnn}-{sha256}.txt     an image's caption, if one was uploaded (any image key: caption_key)
 users/{userId}/models/{taskId}.safetensors            a trained LoRA
 users/{userId}/generations/{taskId}/{n}.png           generated images
 checkpoints/{taskId}/step-NNNNNN/<file>               training checkpoints (internal)
@@ -76,6 +77,13 @@ def upload_key(user_id: str, task_id: str, index: int, digest: str, extension: s
     """Where the ``index``-th uploaded training image of a job goes; named by content, so a retried
     upload of the same images names the same keys."""
     return f"{user_prefix(user_id)}images/{task_id}/{index:03d}-{digest}.{extension}"
+
+
+def caption_key(image_key: str) -> str:
+    """Where the caption of the image at ``image_key`` lives: beside it, the suffix replaced by ``.txt``
+    (kohya's ``photo1.png`` + ``photo1.txt``). Optional: a missing one means "no caption"."""
+    stem, _suffix = posixpath.splitext(image_key)
+    return f"{stem}.txt"
 
 
 def model_key(user_id: str, task_id: str) -> str:

@@ -119,7 +119,8 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 400 and request.headers.get("content-type", "").startswith("multipart/"):
         # Starlette's own words say which limit (e.g. "Too many fields. Maximum number of fields is 1000.")
         return JSONResponse(error_body("invalid_form", f"the multipart form could not be read: {message} Send "
-                                       "each image as an 'images' part, at most LORAMILL_MAX_IMAGES of them"),
+                                       "each image as an 'images' part, at most LORAMILL_MAX_IMAGES of them, and at "
+                                       "most one 'captions' part per image"),
                             status_code=422)
     if status == 400:
         # FastAPI's answer to a body that is not JSON (or not UTF-8): the same 422 as any bad input

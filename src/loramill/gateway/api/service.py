@@ -17,7 +17,7 @@ from typing import Any
 from loramill.adapters.broker.base import Broker
 from loramill.adapters.storage.base import Storage
 from loramill.adapters.storage.quota import StorageQuota
-from loramill.domain.keys import owned_by, upload_key, validate_key
+from loramill.domain.keys import caption_key, owned_by, upload_key, validate_key
 from loramill.domain.ports import Store
 from loramill.domain.records import JobRecord, LoraRecord, Page
 from loramill.domain.status import JobKind, JobStatus
@@ -83,11 +83,16 @@ class Gateway:
         # 4. The job in Selfix's format, checked by the same parser the worker uses before anything is stored
         job = parse_job({"taskId": task_id, "userId": who.user_id, "images": keys + list(uploads),
                          "configurationParams": dict(options), "priority": priority})
-        self.quota.check(who.user_id, sum(len(image.data) for image in uploads.values()), what="these uploads",
-                         field="images")
+        captions = {caption_key(key): image.caption.encode() for key, image in uploads.items() if image.caption}
+        self.quota.check(who.user_id, sum(len(image.data) for image in uploads.values())
+                         + sum(map(len, captions.values())), what="these uploads", field="images")
         for key, image in uploads.items():
             self.storage.put_bytes(key, image.data, image.content_type)
             self.quota.added(who.user_id, len(image.data))
+        # 5. Captions beside their images (the worker looks for one beside every image key)
+        for key, text in captions.items():
+            self.storage.put_bytes(key, text, "text/plain; charset=utf-8")
+            self.quota.added(who.user_id, len(text))
         return self._queue(who, job, idempotency_key)
 
     def submit_generation(self, who: Principal, task_id: str, request: Mapping[str, Any], *,

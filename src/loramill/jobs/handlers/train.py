@@ -16,7 +16,7 @@ from typing import Any
 
 from loramill import metrics
 from loramill.adapters.storage.base import Storage
-from loramill.domain.keys import model_key
+from loramill.domain.keys import caption_key, model_key
 from loramill.domain.status import JobStatus
 from loramill.engine.dataset.config import DatasetConfig
 from loramill.engine.families import detect_family, get_family
@@ -206,7 +206,9 @@ def as_job_field(exc: LoramillError) -> LoramillError:
 
 
 def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
-    """Download the job's image keys into ``folder``; missing keys are named in one error if none remain."""
+    """Download the job's image keys into ``folder``, each with its caption if one is stored beside it
+    (``caption_key``: the dataset step keeps a ``.txt`` beside an image); missing keys are named in one
+    error if none remain."""
     folder.mkdir(parents=True, exist_ok=True)
     missing = []
     for i, key in enumerate(keys):
@@ -215,6 +217,8 @@ def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
             ctx.io("storage.get_file", lambda key=key, target=target: _get(ctx.storage, key, target))  # type: ignore[misc]
         except NotFound:
             missing.append(key)
+        else:
+            fetch_caption(ctx, key, target.with_suffix(".txt"))
         ctx.check_stop()
     if missing:
         log.warning("%d of %d image keys are missing: %s", len(missing), len(keys), ", ".join(missing[:10]))
@@ -222,6 +226,18 @@ def fetch_images(ctx: JobContext, keys: list[str], folder: Path) -> Path:
         raise InvalidInput(f"images: none of the {len(keys)} storage keys exists (e.g. {missing[0]!r}); upload the "
                            "images first or fix the keys", code="images_not_found", field="images")
     return folder
+
+
+def fetch_caption(ctx: JobContext, image_key: str, target: Path) -> None:
+    """The caption stored beside ``image_key``, downloaded to ``target``; none stored is no caption (the
+    dataset step then captions the image itself)."""
+    key = caption_key(image_key)
+    if key == image_key:  # a .txt given as an image key is the dataset step's to refuse, not a caption
+        return
+    try:
+        ctx.io("storage.get_file", lambda: _get(ctx.storage, key, target))
+    except NotFound:
+        pass
 
 
 def local_name(folder: Path, index: int, key: str) -> Path:

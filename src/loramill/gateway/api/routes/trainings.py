@@ -11,7 +11,7 @@ from loramill.errors import InvalidInput
 from loramill.gateway.api.deps import GatewayDep, PrincipalDep
 from loramill.gateway.api.routes.jobs import CREATE_ERRORS, REPEATED, created
 from loramill.gateway.api.schemas import JobPublic, TrainingForm
-from loramill.gateway.api.uploads import check_image, check_image_count
+from loramill.gateway.api.uploads import MAX_CAPTION_BYTES, attach_captions, check_image, check_image_count
 from loramill.gateway.api.views import job_public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -22,6 +22,8 @@ def create_training(
     gateway: GatewayDep, who: PrincipalDep, response: Response,
     form: Annotated[TrainingForm, Form(description="any training option as its own form field")],
     images: Annotated[list[UploadFile] | None, File(description="JPEG, PNG or WebP photos")] = None,
+    captions: Annotated[list[UploadFile] | None, File(description="optional UTF-8 caption per photo, named "
+                                                      "like it: star1.png + star1.txt (or .caption)")] = None,
     image_keys: Annotated[list[str] | None, Form(alias="imageKeys", description="storage keys of "
                                                  "images already under users/{yourUserId}/")] = None,
     configuration_params: Annotated[str | None, Form(alias="configurationParams", max_length=65536,
@@ -41,7 +43,11 @@ def create_training(
     # 2. Each upload is an image within the limits
     checked = [check_image(u.file.read(gateway.settings.max_image_bytes + 1), i, u.filename, gateway.settings)
                for i, u in enumerate(uploads)]
-    # 3. Store and queue
+    # 3. Captions, each matched to its photo by file name; stored beside it as .txt
+    if captions:
+        checked = attach_captions(checked, [u.filename for u in uploads],
+                                  [(c.filename, c.file.read(MAX_CAPTION_BYTES + 1)) for c in captions])
+    # 4. Store and queue
     task_id = gateway.task_id_for(who, idempotency_key)
     record, is_new = gateway.submit_training(who, task_id, checked, keys, options, priority=priority,
                                              idempotency_key=idempotency_key)

@@ -1,0 +1,68 @@
+"""``POST /v1/trainings`` with kohya-style captions: ``star1.png`` + ``star1.txt`` in the ``captions`` field."""
+
+from __future__ import annotations
+
+import pytest
+
+from loramill.domain.keys import caption_key
+from loramill.gateway.api.uploads import MAX_CAPTION_CHARS
+from tests.gateway.api.conftest import Api, png_bytes
+
+FORM = {"triggerWord": "sks"}
+
+
+def post(api: Api, captions: list[tuple[str, bytes]], names: tuple[str, ...] = ("star1.png", "star2.png")):
+    files = [("images", (name, png_bytes(i), "image/png")) for i, name in enumerate(names)]
+    files += [("captions", (name, data, "text/plain")) for name, data in captions]
+    return api.client.post("/v1/trainings", files=files, data=FORM, headers=api.auth("alice"))
+
+
+def test_captions_are_stored_beside_their_images(api: Api) -> None:
+    response = post(api, [("star2.txt", b"a sks star on a white background\n"),
+                          ("star1.caption", "\ufeffune étoile sks".encode())])
+
+    assert response.status_code == 202, response.text
+    first, second = response.json()["request"]["images"]
+    assert first.endswith(".png") and caption_key(first) == first[:-4] + ".txt"
+    assert api.storage.get_bytes(caption_key(first)).decode() == "une étoile sks"  # BOM dropped
+    assert api.storage.get_bytes(caption_key(second)).decode() == "a sks star on a white background"
+    assert api.broker.receive(timeout=1) is not None  # queued with the same images field as ever
+
+
+def test_images_without_captions_store_no_caption(api: Api) -> None:
+    response = post(api, [("star1.txt", b"a sks star"), ("star2.txt", b"   \n")])
+
+    assert response.status_code == 202, response.text
+    first, second = response.json()["request"]["images"]
+    assert api.storage.exists(caption_key(first))
+    assert not api.storage.exists(caption_key(second))  # an empty caption is no caption
+
+
+@pytest.mark.parametrize(("captions", "code", "says"), [
+    ([("moon.txt", b"a moon")], "caption_without_image", "captions[0] (moon.txt): no uploaded image is named moon"),
+    ([("star1.txt", b"\xff\xfe a star")], "invalid_caption", "captions[0] (star1.txt) is not UTF-8"),
+    ([("star1.txt", b"x" * (MAX_CAPTION_CHARS + 1))], "caption_too_long",
+     f"captions[0] (star1.txt) is {MAX_CAPTION_CHARS + 1} characters"),
+    ([("star1.txt", "é".encode() * 4 * MAX_CAPTION_CHARS)], "caption_too_long", "captions[0] (star1.txt) is over"),
+    ([("star1.md", b"a star")], "invalid_caption", "captions[0] (star1.md): a caption file is named like its image"),
+    ([("star1.txt", b"a"), ("star1.caption", b"b")], "invalid_caption", "captions[1] (star1.caption): a second"),
+    ([("star1.txt", b"a"), ("star2.txt", b"b"), ("star3.txt", b"c")], "too_many_captions",
+     "captions: 3 caption files sent for 2 uploaded images"),
+])
+def test_bad_caption_is_refused_by_name_and_nothing_stored(api: Api, captions: list, code: str, says: str) -> None:
+    response = post(api, captions)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"].startswith(says), error
+    assert error["field"].startswith("captions")
+    assert api.storage.list("users/alice/") == []
+    assert api.broker.receive(timeout=0.2) is None
+
+
+def test_captions_count_against_the_part_limit_with_a_clear_answer(api: Api) -> None:
+    # Starlette refuses a form over 1,000 files before the route runs; the answer names both fields.
+    response = post(api, [(f"c{i}.txt", b"x") for i in range(1001)])
+
+    assert response.status_code == 422, response.text
+    assert "'captions' part per image" in response.json()["error"]["message"]
