@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from loramill.domain.keys import caption_key
+from loramill.engine.training import run
 from loramill.gateway.api.uploads import MAX_CAPTION_CHARS
 from tests.gateway.api.conftest import Api, png_bytes
+from tests.gateway.api.test_events import read_events
 
 FORM = {"triggerWord": "sks"}
 
@@ -66,3 +71,23 @@ def test_captions_count_against_the_part_limit_with_a_clear_answer(api: Api) -> 
 
     assert response.status_code == 422, response.text
     assert "'captions' part per image" in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_uploaded_captions_reach_the_trainer(api: Api, worker: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[str] = []
+    real_train = run.train
+
+    def spying(config: Any, **kwargs: Any) -> Any:  # read as the run starts: the scratch is gone after the job
+        trained.extend(sorted(p.read_text(encoding="utf-8").strip() for p in Path(config.images).rglob("*.txt")))
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(run, "train", spying)
+    files = [("images", (f"star{i}.png", png_bytes(i), "image/png")) for i in range(3)]
+    files += [("captions", ("star0.txt", b"a sks circle on a white background", "text/plain")),
+              ("captions", ("star1.txt", b"a red square", "text/plain"))]
+    job = api.client.post("/v1/trainings", files=files, headers=api.auth("alice"),
+                          data={"triggerWord": "sks", "maxSteps": "2", "resolution": "64", "seed": "1"}).json()
+
+    assert read_events(api, job["id"], api.auth("alice"))[-1][2]["status"] == "completed"
+    assert sorted(trained) == ["a sks circle on a white background", "sks", "sks, a red square"]
