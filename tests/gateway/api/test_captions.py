@@ -16,10 +16,11 @@ from tests.gateway.api.test_events import read_events
 FORM = {"triggerWord": "sks"}
 
 
-def post(api: Api, captions: list[tuple[str, bytes]], names: tuple[str, ...] = ("star1.png", "star2.png")):
+def post(api: Api, captions: list[tuple[str, bytes]], names: tuple[str, ...] = ("star1.png", "star2.png"),
+         headers: dict[str, str] | None = None) -> Any:
     files = [("images", (name, png_bytes(i), "image/png")) for i, name in enumerate(names)]
     files += [("captions", (name, data, "text/plain")) for name, data in captions]
-    return api.client.post("/v1/trainings", files=files, data=FORM, headers=api.auth("alice"))
+    return api.client.post("/v1/trainings", files=files, data=FORM, headers=api.auth("alice") | (headers or {}))
 
 
 def test_captions_are_stored_beside_their_images(api: Api) -> None:
@@ -41,6 +42,15 @@ def test_images_without_captions_store_no_caption(api: Api) -> None:
     first, second = response.json()["request"]["images"]
     assert api.storage.exists(caption_key(first))
     assert not api.storage.exists(caption_key(second))  # an empty caption is no caption
+
+
+def test_a_repeated_request_keeps_the_accepted_jobs_captions(api: Api) -> None:
+    first = post(api, [("star1.txt", b"a sks star")], headers={"Idempotency-Key": "set-1"})
+    again = post(api, [("star1.txt", b"something else")], headers={"Idempotency-Key": "set-1"})
+
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    key = caption_key(first.json()["request"]["images"][0])
+    assert api.storage.get_bytes(key) == b"a sks star"
 
 
 @pytest.mark.parametrize(("captions", "code", "says"), [

@@ -69,7 +69,8 @@ class Gateway:
                         idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
         """Store the uploads under the user's prefix and queue a training job; ``(job, created)``."""
         # 1. A repeat of an accepted request is not held to the queue limit
-        if self._existing(who, task_id) is None:
+        accepted = self._existing(who, task_id) is not None
+        if not accepted:
             self.check_capacity(who)
         # 2. Keys the caller gave must be theirs and exist
         keys = [self._own_key(who, key, f"imageKeys[{i}]") for i, key in enumerate(image_keys)]
@@ -83,7 +84,10 @@ class Gateway:
         # 4. The job in Selfix's format, checked by the same parser the worker uses before anything is stored
         job = parse_job({"taskId": task_id, "userId": who.user_id, "images": keys + list(uploads),
                          "configurationParams": dict(options), "priority": priority})
-        captions = {caption_key(key): image.caption.encode() for key, image in uploads.items() if image.caption}
+        # Captions are keyed by their image, not their own bytes: a repeat (same Idempotency-Key) must not
+        # rewrite the accepted job's captions, so only a new job's are stored.
+        captions = {caption_key(key): image.caption.encode() for key, image in uploads.items()
+                    if image.caption and not accepted}
         self.quota.check(who.user_id, sum(len(image.data) for image in uploads.values())
                          + sum(map(len, captions.values())), what="these uploads", field="images")
         for key, image in uploads.items():
