@@ -1,5 +1,5 @@
 # loramill — the two commands that set up everything on a fresh machine:
-#   make demo   train a LoRA on sample images and generate with it, end to end
+#   make demo   train a LoRA on the reference world over the HTTP API, generate with it, end to end
 #   make test   the whole test suite, real services included
 SHELL := /bin/bash
 VENV ?= .venv

@@ -58,7 +58,7 @@ class Recipe:
     """One training recipe of the sweep."""
 
     rank: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
     steps: int = 300
     text_encoder: bool = True
     preserve: float = 1.0  # teacher preservation weight on the base prompts (0: off)
@@ -82,7 +82,7 @@ SWEEP = [
     replace(CENTRE, preserve=0.0),
     replace(CENTRE, text_encoder=False),
     replace(CENTRE, text_encoder=False, preserve=0.0),
-    replace(CENTRE, lr=1e-3),
+    replace(CENTRE, lr=2e-3),
     replace(CENTRE, rank=4), replace(CENTRE, rank=16),
     replace(CENTRE, scheme="prefix"),
     replace(CENTRE, shapes=("circle",)),

@@ -6,11 +6,13 @@
 3. `loramill serve` as a subprocess on a free port (API + web page + one worker, SQLite, the SQL queue)
 4. base images of prompted shapes ("a red circle on a white background", …), each read back by the
    world's scorer (engine/reference/scorer.py), so you see the base model draws what it is asked
-5. a LoRA trained via POST /v1/trainings on 5 images of a concept the base never saw (purple stars) under
-   the trigger "lmstar", with a progress bar fed by the job's server-sent events (a real base model
-   trains on scikit-image's sample photos instead)
-6. the trigger prompt with the LoRA and without it, same seeds: the scorer's reading and the CLIP
-   similarity to the training images beside each image; all images saved in ./demo-output
+5. a LoRA trained via POST /v1/trainings on 5 captioned images of a colour the base never saw (purple),
+   named by the trigger "lmpurple" ("a lmpurple circle on a white background"), with the text encoder
+   and teacher preservation of the base prompts (the recipe of docs/quality.md), and a progress bar fed by
+   the job's server-sent events (a real base model trains on scikit-image's sample photos instead)
+6. trigger prompts with the LoRA and without it, same seeds, and a base prompt with the LoRA: the
+   scorer's reading and the CLIP similarity to the training images beside each image; all images saved
+   in ./demo-output
 7. the service stopped with SIGTERM (what `docker stop` sends), and the paths printed
 
 Flags: --keep-running leaves the service up (Ctrl-C stops it) so you can open the web page;
@@ -38,8 +40,9 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo-output"
 PROMPT = "lmdemo, a portrait in the style of the photos"  # a real base model's trigger prompt
-TRIGGER = "lmstar"  # the reference world's new concept: a purple star, which the base never saw
-CONCEPT = ("purple", "star")
+TRIGGER = "lmpurple"  # the reference world's new concept: the colour purple, which the base never saw
+CONCEPT = "purple"
+TRIGGER_PROMPTS = (("circle", "white"), ("square", "black"))
 BASE_PROMPTS = (("red", "circle", "white"), ("blue", "square", "black"), ("yellow", "triangle", "white"),
                 ("green", "circle", "black"))
 SEED = 1234
@@ -48,7 +51,7 @@ SEEDS = 4  # images per prompt, seeds SEED, SEED+1, …
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 20 tiny, 500 real)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 300 on the reference model, 500 on real weights)")
     parser.add_argument("--keep-running", action="store_true", help="leave the service up until Ctrl-C")
     args = parser.parse_args()
     started = time.monotonic()
@@ -99,10 +102,16 @@ def main() -> int:
 
         # 5. Train a LoRA, following the event stream
         if reference:
-            files = [("images", (f"{name}.png", png, "image/png")) for name, png in concept_images()]
+            from loramill.engine.reference.domain import BACKGROUNDS, BASE_COLOURS, BASE_SHAPES, caption
+
+            files = [("images", (f"{name}.png", png, "image/png")) for name, png, _ in concept_images()]
+            files += [("captions", (f"{name}.txt", text.encode(), "text/plain")) for name, _, text in concept_images()]
+            keep = [caption(c, s, b) for c in BASE_COLOURS for s in BASE_SHAPES for b in BACKGROUNDS]
             form = {"triggerWord": TRIGGER, "subjectType": "style", "maxSteps": str(steps), "seed": "1",
-                    "resolution": "64", "learningRate": "0.002", "networkDim": "8"}
-            what = f"{len(files)} images of a {' '.join(CONCEPT)} (new to the base model), trigger {TRIGGER!r}"
+                    "resolution": "64", "learningRate": "0.001", "networkDim": "8",
+                    "configurationParams": json.dumps({"trainTextEncoder": True, "preserveWeight": 1.0,
+                                                       "preservePrompts": keep})}
+            what = f"{len(files) // 2} captioned images of {CONCEPT} shapes (new to the base model), trigger {TRIGGER!r}"
         else:
             files = [("images", (f"{name}.png", png, "image/png")) for name, png in sample_photos()]
             form = {"triggerWord": "lmdemo", "subjectType": "style", "maxSteps": str(steps), "seed": "1"}
@@ -113,13 +122,22 @@ def main() -> int:
         lora_id = trained["result"]["loraId"]
         print(f"LoRA {lora_id} at {trained['result']['modelPath']}")
 
-        # 6. The same prompt and seeds, with the LoRA and without it
-        prompt = TRIGGER if reference else PROMPT
-        results = {}
-        for label, loras in (("with-lora", [{"id": lora_id, "weight": 1.0}]), ("without-lora", [])):
-            results[label] = generate(client, prompt, loras, size, label, saved)
+        # 6. The same prompts and seeds, with the LoRA and without it
+        with_lora = [{"id": lora_id, "weight": 1.0}]
         if reference:
-            show_learning(prompt, results)
+            from loramill.engine.reference.domain import Shape
+
+            results = {}
+            for shape, background in TRIGGER_PROMPTS:
+                prompt = Shape("purple", shape, background).caption.replace("purple", TRIGGER)
+                for label, loras in (("with-lora", with_lora), ("without-lora", [])):
+                    results[(prompt, label)] = generate(client, prompt, loras, size, f"{label}-{shape}", saved)
+            kept = Shape(*BASE_PROMPTS[0]).caption
+            results[(kept, "with-lora")] = generate(client, kept, with_lora, size, "with-lora-base-prompt", saved)
+            show_learning(results)
+        else:
+            for label, loras in (("with-lora", with_lora), ("without-lora", [])):
+                generate(client, PROMPT, loras, size, label, saved)
 
         print("\nimages:")
         for path in saved:
@@ -170,43 +188,43 @@ def reading(image) -> str:
     return f"{s.colour} {texture}{s.shape} on {s.background}"
 
 
-def concept_images() -> list[tuple[str, bytes]]:
-    """5 images of the new concept (a purple star) at different places and sizes, as PNG bytes."""
+def concept_images() -> list[tuple[str, bytes, str]]:
+    """5 images of the new concept (purple circles, squares and triangles at different places and sizes, on
+    both grounds) as (name, PNG bytes, caption)."""
     import numpy as np
 
-    from loramill.engine.reference.domain import Shape, render
+    from loramill.engine.reference.domain import BASE_SHAPES, Shape, caption, render
 
     rng = np.random.default_rng(5)
     images = []
     for i in range(5):
-        radius = float(rng.uniform(12, 18))
-        spec = Shape(CONCEPT[0], CONCEPT[1], "white", x=float(rng.uniform(radius + 3, 61 - radius)),
-                     y=float(rng.uniform(radius + 3, 61 - radius)), radius=radius)
+        shape, background = BASE_SHAPES[i % 3], ("white", "black")[i % 2]
+        radius = float(rng.uniform(12, 17))
+        x, y = (float(v) for v in rng.uniform(radius + 3, 61 - radius, size=2))
         buffer = io.BytesIO()
-        render(spec).save(buffer, format="PNG")
-        images.append((f"{TRIGGER}-{i}", buffer.getvalue()))
+        render(Shape(CONCEPT, shape, background, x=x, y=y, radius=radius)).save(buffer, format="PNG")
+        text = caption(CONCEPT, shape, background).replace(CONCEPT, TRIGGER)
+        images.append((f"{TRIGGER}-{i}", buffer.getvalue(), text))
     return images
 
 
-def show_learning(prompt: str, results: dict[str, list]) -> None:
-    """The scorer's reading and the CLIP similarity to the training images, with the LoRA and without."""
-    import io as _io
-
+def show_learning(results: dict[tuple[str, str], list]) -> None:
+    """Per prompt, with the LoRA and without: what the scorer reads, and the CLIP similarity to the training
+    images. The trigger prompts should come out purple with the LoRA only; the base prompt as it was."""
     from PIL import Image
 
     from loramill.engine.reference.clip import image_embeddings, load_trained_clip
-    from loramill.engine.reference.scorer import score
 
     model, processor = load_trained_clip()
-    references = image_embeddings(model, processor, [Image.open(_io.BytesIO(png)) for _, png in concept_images()])
-    print(f"\nprompt {prompt!r} — did the LoRA teach the new concept ({' '.join(CONCEPT)})?")
-    for label, images in results.items():
-        hits = sum(score(im).colour == CONCEPT[0] and score(im).shape == CONCEPT[1] for im in images)
+    references = image_embeddings(model, processor, [Image.open(io.BytesIO(png)) for _, png, _ in concept_images()])
+    print(f"\ndid the LoRA teach the new colour ({CONCEPT}) under {TRIGGER!r}, and leave the rest alone?")
+    for (prompt, label), images in results.items():
+        readings = [reading(im) for im in images]
+        hits = sum(r.startswith(CONCEPT) for r in readings)
         similarity = (image_embeddings(model, processor, images) @ references.T).mean(dim=1)
-        print(f"  {label:13} scorer: {hits}/{len(images)} {' '.join(CONCEPT)}s   CLIP similarity to the training "
-              f"images: {similarity.mean():.2f}")
-        for im, sim in zip(images, similarity.tolist(), strict=True):
-            print(f"      {reading(im):32} CLIP {sim:.2f}")
+        print(f"  {prompt!r:48} {label:13} {hits}/{len(images)} {CONCEPT}   CLIP to the training images "
+              f"{similarity.mean():.2f}")
+        print(f"      scorer reads: {', '.join(readings)}")
 
 
 def loramill(env: dict[str, str], *args: str) -> str:

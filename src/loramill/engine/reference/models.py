@@ -102,7 +102,6 @@ def build(name: str, scales: dict[str, float] | None = None) -> Any:
         EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
-        PNDMScheduler,
         StableDiffusionPipeline,
     )
 
@@ -111,9 +110,8 @@ def build(name: str, scales: dict[str, float] | None = None) -> Any:
         # The real SD 1.5 folder's noise schedule, sampled with Euler (read as DDPM, epsilon, for training).
         # The real folder's PNDM read 10% of a half-trained model's base prompts right where Euler read 43%
         # on the same weights: a multistep solver amplifies a small model's errors (docs/quality.md).
-        scheduler: Any = EulerDiscreteScheduler.from_config(PNDMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-            set_alpha_to_one=False, steps_offset=1).config)
+        scheduler: Any = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                steps_offset=1, timestep_spacing="linspace")
         return StableDiffusionPipeline(
             vae=vae(scales.get("scaling_factor", 1.0)), text_encoder=clip_text_encoder(), tokenizer=tokenizer(),
             unet=sd15_unet(), scheduler=scheduler, safety_checker=None, feature_extractor=None,

@@ -91,7 +91,10 @@ class TrainConfig(Spec):
     alpha: float | None = option(None, gt=0, le=1024, wire="networkAlpha", help="LoRA alpha (default: the rank)")
     target_modules: list[str] | None = option(None, split=",", help="comma-separated module names (default: the "
                                               "family's attention layers)")
-    train_text_encoder: bool = option(False, help="also train text-encoder LoRA (SD families)")
+    train_text_encoder: bool = option(False, wire="trainTextEncoder", families=("sd15", "sdxl"),
+                                      why="FLUX.1's LoRAs train the transformer only",
+                                      help="also train text-encoder LoRA (SD families): teaches a new word its "
+                                      "meaning; pair it with preserve_weight to keep the rest (docs/quality.md)")
     format: str = option("kohya", choices=LORA_FORMATS,
                          help="LoRA layout of the written file (README, \"LoRA layouts\": which tool loads which)")
     # how long
