@@ -120,7 +120,8 @@ def quality_by_level() -> dict[str, dict[str, float]]:
         for level in levels_for():
             images[f"{precision} {level.name}"] = [
                 generator.generate(level_request(GenerateRequest(spec.caption, seed=seed, steps=QUALITY_STEPS),
-                                                 level, "sd15"))[0].image for spec, seed in prompts]
+                                                 level, "sd15", generator.default_size))[0].image
+                for spec, seed in prompts]
     full = rclip.image_embeddings(model, processor, images["fp32 full"])
     out = {}
     for name, rendered in images.items():

@@ -198,3 +198,14 @@ def test_generate_reports_out_of_memory_as_its_own_error(tiny_models, monkeypatc
 
     assert caught.value.code == "out_of_memory" and not isinstance(caught.value, InvalidInput)
     assert "3 image(s) at 64x64" in caught.value.message and "fewer images or a smaller size" in caught.value.message
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_request_without_size_gets_the_models_own_side(tiny_models, family):
+    # diffusers' pipelines default to the model's sample size; the family's 512/1024 would tile a 64-px model.
+    gen = Generator(str(tiny_models[family]))
+    assert gen.default_size == 64
+    plan = gen.plan(GenerateRequest("a cat", steps=2))
+    assert (plan.width, plan.height) == (64, 64)
+    asked = gen.plan(GenerateRequest("a cat", width=128, height=96, steps=2))
+    assert (asked.width, asked.height) == (128, 96)

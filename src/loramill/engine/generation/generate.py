@@ -63,6 +63,19 @@ class GeneratedImage:
     parameters: str
 
 
+def native_size(pipe: Any, fallback: int) -> int:
+    """The side a model was made for, as diffusers' own pipelines default to it: the UNet's sample size in
+    pixels (512 for SD 1.5, 1024 for SDXL, 64 for the reference world); transformer models (FLUX) have none,
+    so their VAE's. A request that names no size gets this one: asking a 64-px model for 512 px gives
+    tiled garbage 64× slower, and asking a 1024-px model for 512 px gives a worse image."""
+    scale = getattr(pipe, "vae_scale_factor", None)
+    unet_size = getattr(getattr(getattr(pipe, "unet", None), "config", None), "sample_size", None)
+    if isinstance(unet_size, int) and isinstance(scale, int):
+        return unet_size * scale
+    vae_size = getattr(getattr(getattr(pipe, "vae", None), "config", None), "sample_size", None)
+    return vae_size if isinstance(vae_size, int) and vae_size >= 64 else fallback
+
+
 class Generator:
     """A base model kept loaded, generating with whatever LoRAs each request asks for."""
 
@@ -77,6 +90,8 @@ class Generator:
         self.pipe.set_progress_bar_config(disable=True)
         # Precision, memory layout and compiled graphs are chosen once, when the model becomes resident.
         self.dtype = apply_serving(self.pipe, serving or ServingSettings(), self.device)
+        self.default_size = native_size(self.pipe, get_family(self.family_name).DEFAULT_SIZE
+                                        if self.family_name else 512)
         trainable = self.family_name is not None and get_family(self.family_name).TRAINABLE
         self.adapters = (AdapterCache(self.pipe, self.family_name, max_resident=max_resident_loras)
                          if trainable and self.family_name else None)
@@ -106,7 +121,7 @@ class Generator:
         # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
         family = get_family(self.family_name) if self.family_name else None
         multiple = family.RESOLUTION_MULTIPLE if family else 8
-        default = get_family(self.family_name).DEFAULT_SIZE if self.family_name else 512
+        default = self.default_size
         return Plan(prompt=prompt, negative_prompt=request.negative_prompt, loras=tuple(loras),
                     steps=request.steps or (family.DEFAULT_STEPS if family else 30),
                     guidance=request.guidance if request.guidance is not None else (

@@ -142,9 +142,12 @@ def degrade_request(request: GenerateRequest, level: QualityLevel, *, default_st
     return request.model_copy(update={"steps": steps, "width": width, "height": height})
 
 
-def level_request(request: Any, level: QualityLevel, family_name: str | None) -> Any:
+def level_request(request: Any, level: QualityLevel, family_name: str | None, default_size: int | None = None
+                  ) -> Any:
     """A copy of a ``GenerateRequest`` rendered at ``level`` on a model of ``family_name``: steps and size
-    always, the solver and DeepCache on UNet models, the few-step LoRA on models of its family."""
+    always, the solver and DeepCache on UNet models, the few-step LoRA on models of its family. A request
+    without a size is scaled from ``default_size`` (the model's own, ``Generator.default_size``; the
+    family's when not given)."""
     from loramill.engine.families import get_family
     from loramill.engine.generation.request import LoraRef
 
@@ -159,7 +162,7 @@ def level_request(request: Any, level: QualityLevel, family_name: str | None) ->
         degraded = request.model_copy(update=update)
     else:
         degraded = degrade_request(request, level, default_steps=family.DEFAULT_STEPS if family else 30,
-                                   default_size=family.DEFAULT_SIZE if family else 512,
+                                   default_size=default_size or (family.DEFAULT_SIZE if family else 512),
                                    multiple=family.RESOLUTION_MULTIPLE if family else 8)
     if family_name not in UNET_FAMILIES:
         return degraded

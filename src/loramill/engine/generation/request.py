@@ -42,9 +42,11 @@ class GenerateRequest(Spec):
                                wire_cap=WireCap(le=200, reason=_SHARED_GPU))
     guidance: float | None = option(None, ge=0, le=30, wire="guidanceScale", cli="--guidance",
                                     help="classifier-free guidance scale (default: the family's)")
-    width: int | None = option(None, ge=64, le=4096, wire="width", help="pixels (default: the family's size)",
+    width: int | None = option(None, ge=64, le=4096, wire="width",
+                               help="pixels (default: the model's own side, e.g. 512 for SD 1.5)",
                                wire_cap=WireCap(le=2048, multiple_of=8, reason=_SHARED_GPU + " and its memory"))
-    height: int | None = option(None, ge=64, le=4096, wire="height", help="pixels (default: the family's size)",
+    height: int | None = option(None, ge=64, le=4096, wire="height",
+                                help="pixels (default: the model's own side, e.g. 512 for SD 1.5)",
                                 wire_cap=WireCap(le=2048, multiple_of=8, reason=_SHARED_GPU + " and its memory"))
     seed: int = option(0, ge=0, le=2**32 - 1, wire="seed", help="seed of the first image; image n uses seed + n")
     num_images: int = option(1, ge=1, le=16, wire="numImages", help="images to generate",

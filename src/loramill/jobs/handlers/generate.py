@@ -59,7 +59,7 @@ def handle_generation(ctx: JobContext) -> JobEvent:
         # Counting how long it already waited keeps the last jobs of a burst from getting full quality late.
         waited = (datetime.now(UTC) - ctx.queued_at).total_seconds() if ctx.queued_at else 0.0
         level = ctx.load_policy.level_for(ctx.jobs_ahead(), waited)
-        request = level_request(request, level, generator.family_name)
+        request = level_request(request, level, generator.family_name, generator.default_size)
         if level.cost < 1:
             log.info("queue is long: rendering at quality %r (%s steps, %sx%s, sampler %s, DeepCache %d)",
                      level.name, request.steps, request.width, request.height, request.sampler,
