@@ -63,7 +63,7 @@ STAGES: dict[str, Stage] = {
     "vae": Stage(steps=6000, batch=8, lr=2e-3),
     "clip": Stage(steps=800, batch=128, lr=1e-3),
     "sd15": Stage(steps=3000, batch=128, lr=2e-3, eval_every=500),
-    "flux": Stage(steps=5000, batch=96, lr=2e-3, eval_every=1000),
+    "flux": Stage(steps=12000, batch=96, lr=2e-3, eval_every=2000),
 }
 POOL = 4096  # images rendered once per split; batches are drawn from them
 
