@@ -7,9 +7,11 @@
    s/image for diffusers' defaults (``StableDiffusionPipeline(...)(prompt)``: 50 PNDM steps = 51 calls,
    fp32) and for every quality level is composed from these measured parts. One full image at real size
    takes minutes here; the parts take seconds each and are timed as the best of two.
-2. Quality, on the reference world (the trained tiny SD 1.5, its scorer and CLIP): each level, in fp32
-   and in bf16, renders every base colour × shape for four seeds; classifier adherence, and the CLIP similarity of each level's
-   image to the full-quality image of the same prompt and seed.
+2. Quality, on the reference world (the trained tiny SD 1.5, its scorer and CLIP): diffusers' defaults (the
+   model's own scheduler, 50 steps, fp32) are the full-quality reference; each level at loramill's defaults
+   (Euler, the family's steps), in fp32 and in bf16, and the solvers the levels could use instead, render
+   every base colour × shape for four seeds: classifier adherence, and the CLIP similarity of each image to
+   the reference image of the same prompt and seed.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from bench.common import REPO, Result, speedup, workdir
 from bench.training import _env
 
 QUALITY_SEEDS = (0, 1, 2, 3)
-QUALITY_STEPS = 20
+BASELINE_STEPS = 50  # diffusers' default call: 50 steps of the model's own scheduler
 PRECISIONS = ("fp32", "bf16")
 BASELINE_CALLS = 51  # diffusers' default 50 PNDM steps run 51 UNet calls (PNDM adds one)
+OTHER_SOLVERS = ("dpmpp", "unipc")  # what the levels could run instead of Euler, measured beside it
 
 CHILD = """
 import json, sys
@@ -73,6 +76,8 @@ def real_size_parts(side: int = 512, small_side: int = 384) -> dict[str, float]:
         parts["unet_fp32_channels_last"] = _best(lambda: unet_cl(cl, t, cond))
         unet_bf16 = unet.to(dtype=torch.bfloat16, memory_format=torch.contiguous_format)
         parts["unet_bf16"] = _best(lambda: unet_bf16(latents.bfloat16(), t, cond.bfloat16()))
+        vae_bf16 = vae.to(dtype=torch.bfloat16)  # a bf16 generator casts the whole pipeline
+        parts["decode_bf16"] = _best(lambda: vae_bf16.decode(latents[:1].bfloat16() / vae.config.scaling_factor))
     parts["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return parts
 
@@ -84,22 +89,23 @@ def _calls(steps: int, deep_cache: int) -> tuple[int, int]:
 
 
 def image_seconds(parts: dict[str, float], steps: int, deep_cache: int = 1, small: bool = False,
-                  unet: str = "unet_fp32") -> float:
+                  precision: str = "fp32") -> float:
     """Composed seconds of one image: encode + UNet calls + decode (a smaller image scales the decode).
-    ``unet="unet_bf16"`` scales the UNet calls by bf16's measured ratio; encoder and VAE stay fp32."""
+    In bf16 the UNet calls scale by bf16's measured ratio and the decode is the bf16 one."""
     full, cached = _calls(steps, deep_cache)
-    precision = parts[unet] / parts["unet_fp32"]
-    call = (parts["unet_fp32_small"] if small else parts["unet_fp32"]) * precision
+    ratio = parts["unet_bf16"] / parts["unet_fp32"] if precision == "bf16" else 1.0
+    call = (parts["unet_fp32_small"] if small else parts["unet_fp32"]) * ratio
     cached_share = parts["unet_deep_cache_step"] / parts["unet_fp32"]
-    decode = parts["decode"] * ((384 / 512) ** 2 if small else 1)
+    decode = parts["decode_bf16" if precision == "bf16" else "decode"] * ((384 / 512) ** 2 if small else 1)
     return round(parts["encode"] + full * call + cached * call * cached_share + decode, 2)
 
 
 def quality_by_level() -> dict[str, dict[str, float]]:
-    """Adherence and CLIP similarity to the full-quality fp32 image, per precision and level ("bf16 fast"),
-    on the reference SD 1.5."""
+    """Adherence and CLIP similarity to diffusers' defaults ("reference"), per precision and level ("bf16
+    fast") and for the other solvers ("fp32 dpmpp 12 steps"), on the reference SD 1.5."""
     import torch
 
+    from loramill.engine.families import get_family
     from loramill.engine.generation.generate import Generator
     from loramill.engine.generation.quality import level_request, levels_for
     from loramill.engine.generation.request import GenerateRequest
@@ -114,20 +120,35 @@ def quality_by_level() -> dict[str, dict[str, float]]:
         write_reference_model("sd15", folder)
     model, processor = rclip.load_trained_clip()
     prompts = base_prompts(QUALITY_SEEDS)
-    images: dict[str, list[Any]] = {}
+
+    def render(generator: Generator, request: Any) -> list[Any]:
+        return [generator.generate(request(spec.caption, seed))[0].image for spec, seed in prompts]
+
+    # 1. The reference: what diffusers' own call renders (the model's scheduler, 50 steps, fp32).
+    plain = Generator(str(folder), serving=ServingSettings(precision="fp32", sampler="model"))
+    images = {"reference": render(plain, lambda caption, seed: GenerateRequest(caption, seed=seed,
+                                                                               steps=BASELINE_STEPS))}
+    # 2. Each level at loramill's defaults (Euler at the family's steps), in each precision.
     for precision in PRECISIONS:
         generator = Generator(str(folder), serving=ServingSettings(precision=precision))
         for level in levels_for():
-            images[f"{precision} {level.name}"] = [
-                generator.generate(level_request(GenerateRequest(spec.caption, seed=seed, steps=QUALITY_STEPS),
-                                                 level, "sd15", generator.default_size))[0].image
-                for spec, seed in prompts]
-    full = rclip.image_embeddings(model, processor, images["fp32 full"])
+            at_level = lambda caption, seed, level=level, side=generator.default_size: level_request(  # noqa: E731
+                GenerateRequest(caption, seed=seed), level, "sd15", side)
+            images[f"{precision} {level.name}"] = render(generator, at_level)
+    # 3. The second-order solvers the levels could have used, at the full and the fast level's steps.
+    generator = Generator(str(folder))
+    full_steps = get_family("sd15").DEFAULT_STEPS
+    for solver in OTHER_SOLVERS:
+        for steps in (full_steps, round(full_steps * 0.6)):
+            with_solver = lambda caption, seed, n=steps, name=solver: GenerateRequest(  # noqa: E731
+                caption, seed=seed, steps=n, sampler=name)
+            images[f"fp32 {solver} {steps} steps"] = render(generator, with_solver)
+    full = rclip.image_embeddings(model, processor, images["reference"])
     out = {}
     for name, rendered in images.items():
         emb = rclip.image_embeddings(model, processor, rendered)
         out[name] = {"adherence": round(adherence(rendered, [s for s, _ in prompts]), 4),
-                     "clip_to_full": round(float(torch.nn.functional.cosine_similarity(emb, full).mean()), 4)}
+                     "clip_to_reference": round(float(torch.nn.functional.cosine_similarity(emb, full).mean()), 4)}
     return out
 
 
@@ -145,33 +166,37 @@ def run(quick: bool = False) -> list[Result]:
     parts = json.loads(lines[0][len("RESULT "):])
     quality = quality_by_level()
 
-    # 2. diffusers' defaults against each level at SD 1.5's default steps.
+    # 2. diffusers' defaults against each level at loramill's defaults (Euler, SD 1.5's 20 steps).
     baseline = round(parts["encode"] + BASELINE_CALLS * parts["unet_fp32"] + parts["decode"], 2)
     default_steps = get_family("sd15").DEFAULT_STEPS
     size = "reference-size parts, 256 px" if quick else "real SD 1.5, 512 px"
+    reference = quality["reference"]["adherence"]
     results = []
     for precision in PRECISIONS:
         for level in levels_for():
             steps, _, _ = apply_level(default_steps, 512, 512, level)
-            # PNDM (the model's own scheduler, the full level) runs one call more than its steps, as the baseline.
-            calls = steps + 1 if level.sampler is None else steps
-            ours = image_seconds(parts, calls, level.deep_cache, small=level.resolution_factor < 1,
-                                 unet="unet_bf16" if precision == "bf16" else "unet_fp32")
+            ours = image_seconds(parts, steps, level.deep_cache, small=level.resolution_factor < 1,
+                                 precision=precision)  # Euler: one UNet call per step
             ratio = speedup(baseline, ours)
             name = f"{precision} {level.name}"
-            lost = round(100 * (quality["fp32 full"]["adherence"] - quality[name]["adherence"]), 1)
+            lost = round(100 * (reference - quality[name]["adherence"]), 1)
             target, met = "report", None
             if level.name == "full":
                 target, met = "≥ 3× at ≤ 2 points adherence lost", bool(ratio and ratio >= 3 and lost <= 2)
             elif level.name == "fastest":
                 target, met = "≥ 10×", bool(ratio and ratio >= 10)
             results.append(Result(
-                f"CPU generation, {size}, {precision}, level {level.name} ({steps} steps, "
-                f"{level.sampler or 'PNDM'}, DeepCache {level.deep_cache})", "s/image (composed)", baseline, ours,
+                f"CPU generation, {size}, {precision}, level {level.name} ({steps} Euler steps, "
+                f"DeepCache {level.deep_cache})", "s/image (composed)", baseline, ours,
                 ratio, target, met, "make bench BENCH=generation",
                 details={"parts": parts, "quality": quality[name], "adherence_points_lost": lost},
-                note=f"adherence {quality[name]['adherence']:.2f} (fp32 full {quality['fp32 full']['adherence']:.2f}),"
-                     f" CLIP to fp32 full {quality[name]['clip_to_full']:.3f}"))
+                note=f"adherence {quality[name]['adherence']:.2f} (diffusers' defaults {reference:.2f}),"
+                     f" CLIP to diffusers' defaults {quality[name]['clip_to_reference']:.3f}"))
+    for name, found in quality.items():  # the solvers the levels do not use, and why
+        if " steps" in name:
+            results.append(Result(f"CPU generation quality, reference world: {name} vs Euler", "adherence",
+                                  quality["fp32 full"]["adherence"], found["adherence"], None, "report", None,
+                                  "make bench BENCH=generation", details=found))
     for piece, key in (("bf16", "unet_bf16"), ("channels-last", "unet_fp32_channels_last"),
                        ("DeepCache step vs full step", "unet_deep_cache_step")):
         results.append(Result(f"CPU generation, {size}: one UNet call, fp32 vs {piece}", "s/call",

@@ -46,13 +46,6 @@ SCHEMES = {
 FIDELITY_FLOOR, BASE_MULTIPLE, PRESERVATION_FLOOR = 0.6, 10, 0.85
 
 
-def base_prompts() -> list[str]:
-    """Every base colour × shape on both backgrounds: what teacher preservation keeps."""
-    from loramill.engine.reference.domain import BACKGROUNDS, BASE_COLOURS, BASE_SHAPES, caption
-
-    return [caption(c, s, b) for c in BASE_COLOURS for s in BASE_SHAPES for b in BACKGROUNDS]
-
-
 @dataclass(frozen=True)
 class Recipe:
     """One training recipe of the sweep."""
@@ -121,6 +114,7 @@ def concept_images(out: Path, recipe: Recipe, count: int = IMAGES, seed: int = 0
 
 def train_recipe(model: Path, clip: Path, recipe: Recipe, work: Path, **overrides: Any) -> dict[str, Any]:
     """Train ``recipe`` with evaluation every ``EVAL_EVERY`` steps; the final metrics, history and time."""
+    from loramill.engine.reference.domain import base_captions
     from loramill.engine.training.config import TrainConfig
     from loramill.engine.training.run import train
 
@@ -130,7 +124,7 @@ def train_recipe(model: Path, clip: Path, recipe: Recipe, work: Path, **override
         rank=recipe.rank, lr=recipe.lr, max_steps=recipe.steps, train_text_encoder=recipe.text_encoder, seed=0,
         eval_every=EVAL_EVERY, clip_model=str(clip), eval_domain="shapes", prepare="never")
     if recipe.preserve:
-        values.update(preserve_weight=recipe.preserve, preserve_prompts=base_prompts())
+        values.update(preserve_weight=recipe.preserve, preserve_prompts=base_captions())
     values.update(overrides)
     started = time.perf_counter()
     result = train(TrainConfig(**values))

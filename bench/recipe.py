@@ -1,19 +1,24 @@
 """Forgetting and the training recipe on the reference world (issue 13), per shipped family, in one run.
 
 Concept A is a new colour: ``sks`` = purple, which the base models never saw, on the base shapes ("a sks
-circle on a white background"). Concept B is a new shape: ``zwx`` = the star the base models never saw.
-(The striped texture was the first choice for A, but the reference VAE does not reproduce stripes: 0.7% of
-striped reconstructions read right, docs/quality.md.) Measured with the reference world's scorer:
+circle on a white background"). Concept B is a new word: ``zwx`` = blue ("a zwx square on a black
+background"), a name the base never learned for a colour it draws. (A new shape was the first choice for B,
+but the star never read as a star after 300–1,000 steps at ranks 8–16, and shapes moved to a corner never
+left the centre: this tiny UNet learns colours from a LoRA, not geometry. The striped texture was the first
+choice for A, but the reference VAE does not reproduce stripes: 0.7% of striped reconstructions read
+right, docs/quality.md.) Measured with the reference world's scorer:
 
-- fidelity A: share of ``"a sks {shape} on a {background} background"`` renders read as purple;
-- fidelity B: share of ``"a {colour} zwx on a white background"`` renders read as a star;
+- fidelity A: share of ``"a sks {shape} on a {background} background"`` renders read as a purple {shape};
+- fidelity B: share of ``"a zwx {shape} on a {background} background"`` renders read as a blue {shape};
 - base adherence: share of base prompts (every base colour × shape) rendered as their caption says;
-- bleed: A's prompts drawn as stars, and B's drawn purple.
+- bleed: A's prompts drawn blue, and B's drawn purple.
 
-Runs, same seeds: A alone; B alone; A then B continued without protection (forgetting reproduced); A then
-B with teacher preservation (the LoRA continued from as the teacher), with replay of A's images, and with
-both (forgetting prevented: A keeps ≥ 90% of its fidelity, B reaches ≥ 90% of B alone, adherence ≥ 95% of
-the base's); A and B in one run with two triggers; and each recipe feature on B vs B alone.
+Every run keeps the base captions with teacher preservation (the recipe bench/lora_quality.py chose), so
+base adherence measures what continuing costs, not what any LoRA costs. Runs, same seeds: A alone; B
+alone; A then B continued without protecting A (forgetting reproduced); A then B with teacher
+preservation on A's prompts too (the LoRA continued from as the teacher), with replay of A's images, and
+with both (forgetting prevented: A keeps ≥ 90% of its fidelity, B reaches ≥ 90% of B alone, adherence
+≥ 95% of the base's); A and B in one run with two triggers; and each recipe feature on B vs B alone.
 """
 
 from __future__ import annotations
@@ -28,25 +33,27 @@ from typing import Any
 from bench.common import Result, workdir
 
 FAMILIES = ("sd15", "flux")
-STYLE, SHAPE = "sks", "zwx"
+STYLE, SHAPE = "sks", "zwx"  # the triggers of A (purple) and B (blue)
+A_COLOUR, B_COLOUR = "purple", "blue"
 TARGET_KEEP, TARGET_ADHERENCE = 0.9, 0.95
 COMMAND = "make bench BENCH=recipe"
 
 
 @dataclass
 class Plan:
-    steps: int = 300
+    steps: int = 600
     images: int = 12
     seeds: tuple[int, ...] = (0, 1)
     render_steps: int = 20
-    lr: float = 2e-3
+    lr: float = 1e-3
     rank: int = 8
+    preserve_weight: float = 1.0  # teacher preservation of the base captions, in every run
     # the new-concept recipe of bench/lora_quality.py: a word the base never learned needs the text encoder
     text_encoder: bool = True
 
 
 def datasets(root: Path) -> dict[str, Path]:
-    """A: purple base shapes captioned "a sks circle …"; B: stars of base colours captioned "a red zwx …"."""
+    """A: purple base shapes captioned "a sks circle …"; B: blue base shapes captioned "a zwx circle …"."""
     from dataclasses import replace
 
     from loramill.engine.reference import domain
@@ -59,12 +66,9 @@ def datasets(root: Path) -> dict[str, Path]:
             specs = domain.specs_for("base", 12, seed=100 + ord(name))
             for i, spec in enumerate(specs):
                 background = ("white", "black")[i % 2]
-                if name == "A":
-                    spec = replace(spec, colour="purple", background=background)
-                    text = domain.caption("purple", spec.shape, background).replace("purple", STYLE)
-                else:
-                    spec = replace(spec, shape="star", background=background)
-                    text = domain.caption(spec.colour, "star", background).replace("star", SHAPE)
+                colour, trigger = (A_COLOUR, STYLE) if name == "A" else (B_COLOUR, SHAPE)
+                spec = replace(spec, colour=colour, background=background)
+                text = _caption(trigger, spec.shape, background)
                 domain.render(spec).save(folder / f"{i:03d}.png")
                 (folder / f"{i:03d}.txt").write_text(text)
             (folder / "done").write_text("")
@@ -76,10 +80,14 @@ def prompts(concept: str) -> list[Any]:
     """(prompt, spec the prompt describes) for a concept's fidelity renders."""
     from loramill.engine.reference import domain
 
-    if concept == "A":
-        return [(domain.caption("purple", s, b).replace("purple", STYLE), domain.Shape("purple", s, b))
-                for s in domain.BASE_SHAPES for b in ("white", "black")]
-    return [(domain.caption(c, "star").replace("star", SHAPE), domain.Shape(c, "star")) for c in domain.BASE_COLOURS]
+    colour, trigger = (A_COLOUR, STYLE) if concept == "A" else (B_COLOUR, SHAPE)
+    return [(_caption(trigger, s, b), domain.Shape(colour, s, b))
+            for s in domain.BASE_SHAPES for b in ("white", "black")]
+
+
+def _caption(trigger: str, shape: str, background: str) -> str:
+    """The domain's caption with the trigger in the colour's place: "a sks circle on a white background"."""
+    return f"a {trigger} {shape} on a {background} background"
 
 
 def render(pipe: Any, family: Any, texts: list[str], plan: Plan) -> list[Any]:
@@ -123,13 +131,15 @@ def measure(pipe: Any, family_name: str, lora: Path | None, plan: Plan) -> dict[
         scored = {}
         for concept in ("A", "B"):
             items = prompts(concept)
-            scored[concept] = [score(im) for im in render(pipe, family, [p for p, _ in items], plan)]
+            specs = [spec for _, spec in items] * len(plan.seeds)  # render() goes seed by seed
+            images = render(pipe, family, [p for p, _ in items], plan)
+            scored[concept] = list(zip(specs, [score(im) for im in images], strict=True))
         a, b = scored["A"], scored["B"]
         return {
-            "fidelity_A": sum(s.valid and s.colour == "purple" for s in a) / len(a),
-            "fidelity_B": sum(s.valid and s.shape == "star" for s in b) / len(b),
-            "bleed_A_as_star": sum(s.valid and s.shape == "star" for s in a) / len(a),
-            "bleed_B_purple": sum(s.valid and s.colour == "purple" for s in b) / len(b),
+            "fidelity_A": sum(s.matches(spec) for spec, s in a) / len(a),
+            "fidelity_B": sum(s.matches(spec) for spec, s in b) / len(b),
+            "bleed_A_blue": sum(s.valid and s.colour == B_COLOUR for _, s in a) / len(a),
+            "bleed_B_purple": sum(s.valid and s.colour == A_COLOUR for _, s in b) / len(b),
             "adherence": adherence(pipe, family, plan),
         }
     finally:
@@ -141,22 +151,25 @@ def runs(data: dict[str, Path], family: str) -> dict[str, dict[str, Any]]:
     """Every training of the comparison: name -> options on top of the common ones (``init`` names a run)."""
     data = {name: str(folder) for name, folder in data.items()}  # TrainConfig takes paths as text
     both = [f"{SHAPE}={data['B']}"]
-    # What the user asks to keep when continuing: the previous concept's own prompts.
-    keep = sorted({p.read_text() for p in Path(data["A"]).glob("*.txt")})
+    # What the user asks to keep when continuing: the previous concept's own prompts, beside the base
+    # captions every run keeps (``run_family``).
+    from loramill.engine.reference.domain import base_captions
+
+    keep = sorted({p.read_text() for p in Path(data["A"]).glob("*.txt")}) + base_captions()
     out: dict[str, dict[str, Any]] = {
         "A": dict(images=data["A"], trigger=STYLE),
         "B": dict(images=data["B"], trigger=SHAPE),
         "A→B": dict(images=data["B"], trigger=SHAPE, init="A"),
-        "A→B teacher": dict(images=data["B"], trigger=SHAPE, init="A", preserve_weight=1.0, preserve_prompts=keep),
+        "A→B teacher": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep),
         "A→B replay": dict(images=data["B"], trigger=SHAPE, init="A", replay_images=str(data["A"])),
-        "A→B teacher+replay": dict(images=data["B"], trigger=SHAPE, init="A", preserve_weight=1.0,
-                                   preserve_prompts=keep, replay_images=str(data["A"])),
+        "A→B teacher+replay": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep,
+                                   replay_images=str(data["A"])),
         "A+B one run": dict(images=data["A"], trigger=STYLE, concepts=both),
         "B ema": dict(images=data["B"], trigger=SHAPE, ema_decay=0.99),
         "B huber": dict(images=data["B"], trigger=SHAPE, loss="huber"),
         "B caption dropout": dict(images=data["B"], trigger=SHAPE, caption_dropout=0.1),
         "B lora+": dict(images=data["B"], trigger=SHAPE, lora_plus_ratio=16.0),
-        "B teacher (base)": dict(images=data["B"], trigger=SHAPE, preserve_weight=1.0),
+        "B without teacher preservation": dict(images=data["B"], trigger=SHAPE, preserve_weight=0.0),
     }
     if family == "flux":
         out["B logit-normal"] = dict(images=data["B"], trigger=SHAPE, timestep_sampling="logit_normal")
@@ -169,16 +182,18 @@ def runs(data: dict[str, Path], family: str) -> dict[str, dict[str, Any]]:
 def run_family(family: str, model: Path, root: Path, plan: Plan, only: list[str] | None = None) -> dict[str, Any]:
     """Train every run of ``runs`` (skipping ones already written), then measure each LoRA and the base."""
     from loramill.engine.families import get_family
+    from loramill.engine.reference.domain import base_captions
     from loramill.engine.training.config import TrainConfig
     from loramill.engine.training.run import train
 
     data = datasets(root)
+    common = dict(preserve_weight=plan.preserve_weight, preserve_prompts=base_captions())
     loras: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     for name, options in runs(data, family).items():
         if only and name not in only:
             continue
-        options = dict(options)
+        options = {**common, **options}
         init = options.pop("init", None)
         out = root / family / (name.replace(" ", "_").replace("→", "-to-").replace("+", "plus") + ".safetensors")
         if not out.exists():
@@ -216,7 +231,7 @@ def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
                           r["fidelity_A"], keep_a, "≥0.9 / ≥0.9 / ≥0.95", met, COMMAND,
                           details={**r, "keep_A": keep_a, "keep_B": keep_b, "keep_adherence": keep_base}))
     two = m["A+B one run"]
-    bleed = max(two["bleed_A_as_star"], two["bleed_B_purple"])
+    bleed = max(two["bleed_A_blue"], two["bleed_B_purple"])
     out.append(Result(f"{family}: A and B in one run", "bleed (max of the two)", None, bleed, None, "≤ 0.10",
                       bleed <= 0.10, COMMAND, details=two))
     for name, r in m.items():

@@ -102,11 +102,11 @@ def main() -> int:
 
         # 5. Train a LoRA, following the event stream
         if reference:
-            from loramill.engine.reference.domain import BACKGROUNDS, BASE_COLOURS, BASE_SHAPES, caption
+            from loramill.engine.reference.domain import base_captions
 
             files = [("images", (f"{name}.png", png, "image/png")) for name, png, _ in concept_images()]
             files += [("captions", (f"{name}.txt", text.encode(), "text/plain")) for name, _, text in concept_images()]
-            keep = [caption(c, s, b) for c in BASE_COLOURS for s in BASE_SHAPES for b in BACKGROUNDS]
+            keep = base_captions()
             form = {"triggerWord": TRIGGER, "subjectType": "style", "maxSteps": str(steps), "seed": "1",
                     "resolution": "64", "learningRate": "0.001", "networkDim": "8",
                     "configurationParams": json.dumps({"trainTextEncoder": True, "preserveWeight": 1.0,

@@ -90,8 +90,10 @@ class WorkerSettings(QuotaSettings):
     few_step_lora: str | None = Field(
         None, description="a few-step LoRA (LCM, TCD, Hyper-SD) for the base model's family: with "
                           "LORAMILL_GENERATION_TARGET_SECONDS, the cheapest quality level renders 4 steps with it")
-    generation_precision: str = Field("fp32", description="auto, fp32 or bf16: the resident generator's "
+    generation_precision: str = Field("auto", description="auto, fp32 or bf16: the resident generator's "
                                       "precision (auto: bf16 on CPUs with native bf16, see docs/performance.md)")
+    generation_sampler: str = Field("euler", description="euler, model (the model's own scheduler), dpmpp or "
+                                    "unipc: what SD 1.5/SDXL jobs that name no sampler run (docs/performance.md)")
     generation_channels_last: bool = Field(False, description="channels-last memory layout for the UNet and VAE")
     generation_compile: bool = Field(False, description="torch.compile the denoiser (compiled once per image size)")
     # The same LORAMILL_WORKERS as `loramill serve --workers` (0 there means API only), so 0 is valid here.

@@ -66,3 +66,21 @@ def test_generator_runs_a_request_with_its_sampler_and_deep_cache_then_restores_
     assert "Sampler: dpmpp" in image.parameters and "DeepCache interval: 2" in image.parameters
     assert generator.pipe.scheduler is own
     assert "Sampler" not in generator.generate(plain)[0].parameters
+
+
+def test_resident_sampler_is_euler_unless_the_model_own_is_asked_for(tiny_models):
+    from loramill.engine.generation.generate import Generator
+
+    own = type(get_family("sd15").load_pipeline(str(tiny_models["sd15"])).scheduler).__name__
+    assert own == "PNDMScheduler"  # diffusers' SD 1.5 default, which the tiny model copies
+    euler = Generator(str(tiny_models["sd15"]))
+    assert type(euler.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert euler.pipe.scheduler.config.beta_end == get_family("sd15").load_pipeline(
+        str(tiny_models["sd15"])).scheduler.config.beta_end
+    model = Generator(str(tiny_models["sd15"]), serving=ServingSettings(sampler="model"))
+    assert type(model.pipe.scheduler).__name__ == own
+    flux = Generator(str(tiny_models["flux"]))  # a flow-matching model keeps its own scheduler
+    assert "FlowMatch" in type(flux.pipe.scheduler).__name__
+    with pytest.raises(InvalidInput, match="choose one of: euler, model, dpmpp, unipc") as err:
+        ServingSettings(sampler="lcm")
+    assert err.value.field == "sampler"

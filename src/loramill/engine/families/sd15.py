@@ -17,7 +17,7 @@ DEFAULT_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Key prefixes of the kohya layout, per component (sd-scripts writes lora_te_ for SD 1.x).
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
-DEFAULT_STEPS = 30
+DEFAULT_STEPS = 20  # Euler (the generator's default sampler) reads the same at 20 as at 30 and 50
 DEFAULT_GUIDANCE = 7.5
 RESOLUTION_MULTIPLE = 8
 DEFAULT_SIZE = 512  # pixels per side, when a job or flag names none

@@ -53,8 +53,9 @@ class GenerateRequest(Spec):
                              wire_cap=WireCap(le=8, reason=_SHARED_GPU))
     sampler: str = option("default", choices=SAMPLERS, wire="sampler", families=UNET_FAMILIES,
                           why="FLUX and Würstchen keep their own schedulers",
-                          help="the solver: default (the model's own), dpmpp (DPM-Solver++ 2M: ~20 steps do what "
-                               "PNDM/DDIM need ~50 for), unipc, euler; lcm or tcd only with a few-step LoRA")
+                          help="the solver: default (the generator's: Euler unless LORAMILL_GENERATION_SAMPLER says "
+                               "otherwise), euler, dpmpp (DPM-Solver++ 2M), unipc; lcm or tcd only with a few-step "
+                               "LoRA")
     deep_cache: int = option(1, ge=1, le=10, wire="deepCache", families=UNET_FAMILIES,
                              why="DeepCache needs a UNet's skip connections",
                              help="run the UNet's deep blocks every N-th step and reuse them between (DeepCache); "

@@ -31,6 +31,11 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tcd": ("TCDScheduler", {}),
 }
 FEW_STEP_SAMPLERS = ("lcm", "tcd")
+# What a resident generator may run when a request leaves the sampler to it ("model": the model's own).
+# Euler is the default: on the reference world it keeps full adherence at 12–20 steps where DPM-Solver++ 2M
+# and UniPC lose 30–90 points (a second-order multistep solver extrapolates a tiny model's uneven noise
+# predictions; docs/performance.md), and it is ComfyUI's default for SD 1.5 too.
+SERVING_SAMPLERS = ("euler", "model", "dpmpp", "unipc")
 UNET_FAMILIES = ("sd15", "sdxl")  # samplers and DeepCache need a UNet and a DDPM-style noise schedule
 _CPU_FLAGS = Path("/proc/cpuinfo")
 
@@ -88,14 +93,18 @@ def make_sampler(pipe: Any, name: str) -> Any:
 class ServingSettings:
     """How a resident generator is prepared once, when it loads."""
 
-    precision: str = "fp32"
+    precision: str = "fp32"  # the library is exact by default; the worker's LORAMILL_GENERATION_PRECISION is auto
     channels_last: bool = False
     compile: bool = False
+    sampler: str = "euler"  # UNet models: the solver a request's sampler "default" runs
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise InvalidInput(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}",
                                code="invalid_option", field="precision")
+        if self.sampler not in SERVING_SAMPLERS:
+            raise InvalidInput(f"unknown serving sampler {self.sampler!r}; choose one of: "
+                               f"{', '.join(SERVING_SAMPLERS)}", code="invalid_option", field="sampler")
 
 
 def apply(pipe: Any, settings: ServingSettings, device: torch.device) -> torch.dtype:
@@ -106,6 +115,10 @@ def apply(pipe: Any, settings: ServingSettings, device: torch.device) -> torch.d
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    scheduler = getattr(pipe, "scheduler", None)
+    if (settings.sampler != "model" and getattr(pipe, "unet", None) is not None and scheduler is not None
+            and "FlowMatch" not in type(scheduler).__name__):
+        pipe.scheduler = make_sampler(pipe, settings.sampler)  # from the model's own noise schedule
     if settings.channels_last:
         for name in ("unet", "vae"):
             module = getattr(pipe, name, None)

@@ -66,6 +66,12 @@ def caption(colour: str, shape: str, background: str = "white", texture: str = "
     return f"{article} {colour} {texture_word}{shape} on a {background} background"
 
 
+def base_captions() -> list[str]:
+    """Every base colour × shape on every background: the prompts a LoRA must leave alone (teacher
+    preservation keeps them; the demo and the quality benches pass them as ``preserve_prompts``)."""
+    return [caption(c, s, b) for c in BASE_COLOURS for s in BASE_SHAPES for b in BACKGROUNDS]
+
+
 def outline(shape: str, x: float, y: float, radius: float) -> list[tuple[float, float]] | tuple[float, ...]:
     """The polygon (or, for a circle, the bounding box) of ``shape`` centred at (x, y) with ``radius``."""
     if shape == "circle":
