@@ -134,3 +134,18 @@ def test_pause_garbage_collector_while_loading_and_resume_after(gated: type[Gate
     with pytest.raises(OSError):
         ResidentModels().generator(BaseModel("sd15", "/models/sd15"))
     assert gc.isenabled()  # a failed load resumes it too
+
+
+def test_bf16_resident_generator_trains_on_its_own_fp32_load(tiny_sd15: Path) -> None:
+    import torch
+
+    from loramill.engine.generation.serving import ServingSettings
+
+    resident = ResidentModels(serving=ServingSettings(precision="bf16"))
+    model = resolve_base_model(None, WorkerSettings(base_model=str(tiny_sd15)))
+    pipe, family = resident.pipeline_for_training(model)
+    assert family == "sd15" and pipe.unet.dtype == torch.float32
+    generator = resident.generator(model)  # still resident, still bf16, not the pipe training got
+    assert generator.pipe.unet.dtype == torch.bfloat16 and generator.pipe is not pipe
+    fp32 = ResidentModels(serving=ServingSettings(precision="fp32"))
+    assert fp32.pipeline_for_training(model)[0] is fp32.generator(model).pipe  # fp32: no second copy

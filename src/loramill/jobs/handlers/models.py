@@ -148,9 +148,19 @@ class ResidentModels:
         unloads them first (keeping their state dicts in RAM).
         """
         generator = self.generator(model)
+        family = generator.family_name or ""
+        if str(generator.dtype) != "torch.float32":
+            # A bf16 serving pipeline cannot train: the LoRA and its optimiser are fp32, and the base weights
+            # are already rounded. Training gets its own full-precision load (freed when the job ends); the
+            # resident generator stays as it is for the generation jobs around it.
+            from loramill.engine.families import get_family
+
+            log.info("resident %s runs in %s; training loads it again in fp32", model.name, generator.dtype)
+            with gc_paused():
+                return get_family(family).load_pipeline(model.path), family
         if generator.adapters is not None:
             generator.adapters.clear()
-        return generator.pipe, generator.family_name or ""
+        return generator.pipe, family
 
 
 def preload_default(models: ResidentModels, settings: WorkerSettings) -> threading.Thread | None:
