@@ -32,10 +32,14 @@ PRECISIONS = ("fp32", "bf16")
 BASELINE_CALLS = 51  # diffusers' default 50 PNDM steps run 51 UNet calls (PNDM adds one)
 OTHER_SOLVERS = ("dpmpp", "unipc")  # what the levels could run instead of Euler, measured beside it
 
+SWITCH_RANKS = (16, 64)
+SWITCHES = 1000
+SWITCH_FILES = 6  # more files than the generator's cache holds (4): every switch loads into an evicted slot
+
 CHILD = """
 import json, sys
-from bench.generation import real_size_parts
-print("RESULT " + json.dumps(real_size_parts(**json.loads(sys.argv[1]))), flush=True)
+from bench import generation
+print("RESULT " + json.dumps(getattr(generation, sys.argv[1])(**json.loads(sys.argv[2]))), flush=True)
 """
 
 
@@ -80,6 +84,51 @@ def real_size_parts(side: int = 512, small_side: int = 384) -> dict[str, float]:
         parts["decode_bf16"] = _best(lambda: vae_bf16.decode(latents[:1].bfloat16() / vae.config.scaling_factor))
     parts["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return parts
+
+
+def real_size_loras(unet: Any, rank: int, count: int) -> list[Any]:
+    """``count`` kohya-layout LoRA files of ``rank`` for the real-size SD 1.5 UNet (every linear layer of its
+    transformer blocks, as kohya's default network; seeded random weights): the 20–150 MB files users
+    switch between."""
+    import torch
+
+    from loramill.engine.lora.files import write_lora
+
+    folder = workdir("generation") / f"real-loras-r{rank}"
+    files = [folder / f"lora-{i}.safetensors" for i in range(count)]
+    if all(f.exists() for f in files):
+        return files
+    targets = [(name, module) for name, module in unet.named_modules()
+               if ".transformer_blocks." in name and isinstance(module, torch.nn.Linear)]
+    for i, path in enumerate(files):
+        g = torch.Generator().manual_seed(i)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in targets:
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.01
+            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.01
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+        write_lora(path, tensors, {"ss_network_dim": str(rank), "ss_network_alpha": str(rank)})
+    return files
+
+
+def real_size_switching(switches: int = SWITCHES, ranks: tuple[int, ...] = SWITCH_RANKS) -> dict[str, Any]:
+    """Seconds per switch and RSS growth over ``switches`` LoRA switches at real size, per rank: a resident
+    generator on the real SD 1.5 architecture cycling ``SWITCH_FILES`` files through its cache (each switch a
+    load into an evicted slot), as bench/loras.py measures on the tiny model."""
+    from bench.loras import memory_over_switches
+    from loramill.engine.generation.generate import Generator
+    from loramill.engine.models.realsize import build_real_size
+
+    generator = Generator("real-size SD 1.5", family="sd15", pipe=build_real_size("sd15"))
+    out: dict[str, Any] = {}
+    for rank in ranks:
+        files = real_size_loras(generator.pipe.unet, rank, SWITCH_FILES)
+        found = memory_over_switches(generator, files, switches)
+        found["file_mb"] = round(files[0].stat().st_size / 2 ** 20, 1)
+        out[f"rank {rank}"] = found
+        generator.adapters.clear()
+    return out
 
 
 def _calls(steps: int, deep_cache: int) -> tuple[int, int]:
@@ -152,18 +201,23 @@ def quality_by_level() -> dict[str, dict[str, float]]:
     return out
 
 
+def _child(function: str, args: dict[str, Any]) -> Any:
+    """``function(**args)`` of this module in its own process (its peak RSS is the model's)."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, function, json.dumps(args)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=3600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"{function} exited {proc.returncode}: {proc.stderr[-800:]}")
+    return json.loads(lines[0][len("RESULT "):])
+
+
 def run(quick: bool = False) -> list[Result]:
     from loramill.engine.families import get_family
     from loramill.engine.generation.quality import apply_level, levels_for
 
     # 1. Real-size parts in their own process (its peak RSS is the model's), then quality on the reference world.
-    args = {"side": 256, "small_side": 192} if quick else {}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=3600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if not lines:
-        raise RuntimeError(f"real-size parts exited {proc.returncode}: {proc.stderr[-800:]}")
-    parts = json.loads(lines[0][len("RESULT "):])
+    parts = _child("real_size_parts", {"side": 256, "small_side": 192} if quick else {})
+    switching = _child("real_size_switching", {"switches": 20} if quick else {})
     quality = quality_by_level()
 
     # 2. diffusers' defaults against each level at loramill's defaults (Euler, SD 1.5's 20 steps).
@@ -197,6 +251,11 @@ def run(quick: bool = False) -> list[Result]:
             results.append(Result(f"CPU generation quality, reference world: {name} vs Euler", "adherence",
                                   quality["fp32 full"]["adherence"], found["adherence"], None, "report", None,
                                   "make bench BENCH=generation", details=found))
+    for rank, found in switching.items():  # 3. LoRA switching at real size
+        results.append(Result(f"CPU generation, real SD 1.5: switching {rank} LoRAs ({found['file_mb']} MB each)",
+                              "s/switch", None, round(found["seconds_per_switch"], 3), None,
+                              f"report; RSS growth ≤ 50 MB over {found['switches']} switches", found["growth_mb"] <= 50,
+                              "make bench BENCH=generation", details=found))
     for piece, key in (("bf16", "unet_bf16"), ("channels-last", "unet_fp32_channels_last"),
                        ("DeepCache step vs full step", "unet_deep_cache_step")):
         results.append(Result(f"CPU generation, {size}: one UNet call, fp32 vs {piece}", "s/call",

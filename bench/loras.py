@@ -112,7 +112,7 @@ def run_loramill(generator: Any, stream: list[tuple[int, Path]], batched: bool, 
     from concurrent.futures import ThreadPoolExecutor
 
     from loramill.engine.generation.generate import GenerateRequest
-    from loramill.engine.generation.loras import LoraSpec
+    from loramill.engine.generation.request import LoraRef
     from loramill.jobs.batching import GenerationBatcher
 
     cache = generator.adapters
@@ -134,7 +134,7 @@ def run_loramill(generator: Any, stream: list[tuple[int, Path]], batched: bool, 
     cache.activate, generator.generate_batch = timed_activate, recorded_batch
 
     def request(seed: int, path: Path) -> GenerateRequest:
-        return GenerateRequest(prompt=PROMPT, loras=[LoraSpec(path, 1.0)], steps=STEPS, width=SIDE, height=SIDE,
+        return GenerateRequest(prompt=PROMPT, loras=[LoraRef(path=path, weight=1.0)], steps=STEPS, width=SIDE, height=SIDE,
                                seed=seed)
 
     misses_before = cache.misses
@@ -174,16 +174,16 @@ def rss_mb() -> float:
 
 def memory_over_switches(generator: Any, files: list[Path], switches: int) -> dict[str, float]:
     """RSS before and after ``switches`` activations cycling through all LoRAs (each one a load or eviction)."""
-    from loramill.engine.generation.loras import LoraSpec
+    from loramill.engine.generation.request import LoraRef
 
     cache = generator.adapters
     for path in files:  # warm: every state dict read once, allocator pools grown
-        cache.activate([LoraSpec(path, 1.0)])
+        cache.activate([LoraRef(path=path, weight=1.0)])
     gc.collect()
     before = rss_mb()
     started = time.perf_counter()
     for i in range(switches):
-        cache.activate([LoraSpec(files[i % len(files)], 1.0)])
+        cache.activate([LoraRef(path=files[i % len(files)], weight=1.0)])
     elapsed = time.perf_counter() - started
     gc.collect()
     after = rss_mb()
