@@ -199,27 +199,47 @@ def flipped_target(family_name: str = "sd15"):  # type: ignore[no-untyped-def]
         family.add_noise = original
 
 
-def layouts_agree(model: Path, clip: Path, recipe: Recipe, work: Path) -> dict[str, Any]:
-    """Train once per layout (same seed, same weights), evaluate each file after reload: the scores match."""
+def judge(model: Path, clip: Path, lora: Path, images: Path) -> dict[str, float]:
+    """Evaluate a finished LoRA file loaded on the (unquantised) base: what a training run's evaluation reports."""
     from loramill.engine.evaluation.evaluate import Evaluator, config_from_references
     from loramill.engine.evaluation.sampling import RenderSettings
     from loramill.engine.families import get_family
     from loramill.engine.training.data import load_examples
 
     family = get_family("sd15")
+    pipe = family.load_pipeline(str(model))
+    pipe.load_lora_weights(str(lora))
+    references = load_examples(str(images), trigger=TRIGGER, resolution=64, multiple=8)
+    config = config_from_references(references, clip=str(clip), domain="shapes",
+                                    render=RenderSettings(steps=20, side=64, seeds=(0, 1)))
+    return dict(Evaluator(pipe, family, config).evaluate().metrics)
+
+
+def layouts_agree(model: Path, clip: Path, recipe: Recipe, work: Path) -> dict[str, Any]:
+    """Train once per layout (same seed, same weights), evaluate each file after reload: the scores match."""
     scores, seconds = {}, []
     for layout in ("kohya", "diffusers"):
         run = train_recipe(model, clip, recipe, work / layout, format=layout, eval_every=0)
         seconds.append(run["seconds"])
-        pipe = family.load_pipeline(str(model))
-        pipe.load_lora_weights(run["lora"])
-        references = load_examples(str(work / layout / "images"), trigger=TRIGGER, resolution=64, multiple=8)
-        config = config_from_references(references, clip=str(clip), domain="shapes",
-                                        render=RenderSettings(steps=20, side=64, seeds=(0, 1)))
-        scores[layout] = Evaluator(pipe, family, config).evaluate().metrics
+        scores[layout] = judge(model, clip, Path(run["lora"]), work / layout / "images")
     diff = max(abs(scores["kohya"][k] - scores["diffusers"][k]) for k in scores["kohya"])
     return {"kohya": scores["kohya"], "diffusers": scores["diffusers"], "max_abs_difference": diff,
             "seconds": min(seconds)}
+
+
+def quantized_fidelity(model: Path, clip: Path, work: Path, recipe: Recipe = CENTRE) -> Result:
+    """The centre recipe on an int8 frozen base (``quantize_base="int8"``, QLoRA) against the same recipe on the
+    unquantised base, same seed; each LoRA judged loaded on the unquantised base. Issue 14's target: int8
+    keeps ≥ 95% of the unquantised fidelity."""
+    judged, seconds = {}, {}
+    for name, extra in (("fp32", {}), ("int8", {"quantize_base": "int8"})):
+        run = train_recipe(model, clip, recipe, work / name, eval_every=0, **extra)
+        judged[name], seconds[name] = judge(model, clip, Path(run["lora"]), work / name / "images"), run["seconds"]
+    plain, int8 = judged["fp32"]["classifier"], judged["int8"]["classifier"]
+    ratio = round(int8 / plain, 3) if plain else None
+    return Result("new concept on an int8 base (QLoRA) vs unquantised", "fidelity (classifier) of the LoRA",
+                  plain, int8, ratio, ">= 0.95 of unquantised", bool(ratio and ratio >= 0.95),
+                  "make bench BENCH=lora_quality", details={"judged": judged, "seconds": seconds})
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -238,6 +258,8 @@ def run(quick: bool = False) -> list[Result]:
         broken = train_recipe(model, clip, CENTRE, root / "flipped")
     # 4. Both layouts after export and reload.
     layouts = layouts_agree(model, clip, CENTRE, root / "layouts")
+    # 5. The same recipe on an int8 frozen base.
+    quantized = quantized_fidelity(model, clip, root / "quantized")
     # the centre recipe is the long run's evaluation at CENTRE.steps; its time without evaluation is the
     # layouts check's (the same recipe, eval_every=0)
     centre = {"label": CENTRE.label, "seconds": layouts["seconds"],
@@ -260,6 +282,7 @@ def run(quick: bool = False) -> list[Result]:
         Result("kohya vs diffusers layout", "largest metric difference after reload", None,
                layouts["max_abs_difference"], None, "< 1e-3", layouts["max_abs_difference"] < 1e-3, command,
                details=layouts),
+        quantized,
     ]
     (root / "report.json").write_text(json.dumps({"runs": runs, "broken": broken, "layouts": layouts,
                                                   "frontier": front, "spearman": rho}, indent=2))
