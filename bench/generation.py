@@ -86,6 +86,58 @@ def real_size_parts(side: int = 512, small_side: int = 384) -> dict[str, float]:
     return parts
 
 
+def compiled_unet_parts(side: int = 512) -> dict[str, float]:
+    """One real-size UNet call (512 px, guidance batch 2) eager, through ``torch.compile`` (inductor) and through
+    OpenVINO (``openvino.convert_model`` of the same module, compiled for CPU in f32 and bf16): seconds, best of
+    two, with each graph's one-off build time and OpenVINO's largest relative error against eager fp32.
+    OpenVINO is not a loramill dependency: ``pip install openvino`` to include it (skipped otherwise)."""
+    import importlib.util
+    import resource
+
+    import torch
+
+    from loramill.engine.models.realsize import build_real_size
+
+    unet = build_real_size("sd15").unet.eval()
+    latents, t, cond = torch.randn(2, 4, side // 8, side // 8), torch.tensor([500, 500]), torch.randn(2, 77, 768)
+    parts: dict[str, float] = {}
+    with torch.inference_mode():
+        reference = unet(latents, t, cond, return_dict=False)[0]
+        parts["eager_fp32"] = _best(lambda: unet(latents, t, cond))
+        compiled = torch.compile(unet.forward, dynamic=False)
+        started = time.perf_counter()
+        compiled(latents, t, cond)
+        parts["torch_compile_build_s"] = round(time.perf_counter() - started, 1)
+        parts["torch_compile_fp32"] = _best(lambda: compiled(latents, t, cond))
+    if importlib.util.find_spec("openvino") is None:
+        return parts
+    import openvino
+
+    class Positional(torch.nn.Module):  # OpenVINO traces positional inputs and a plain tensor output
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor, step: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            return self.inner(x, step, text, return_dict=False)[0]
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        model = openvino.convert_model(Positional(unet).eval(), example_input=(latents, t, cond))
+    parts["openvino_convert_s"] = round(time.perf_counter() - started, 1)
+    inputs = [latents.numpy(), t.numpy(), cond.numpy()]
+    for hint in ("f32", "bf16"):
+        started = time.perf_counter()
+        ov_unet = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        parts[f"openvino_{hint}_build_s"] = round(time.perf_counter() - started, 1)
+        error = abs(torch.from_numpy(ov_unet(inputs)[0]) - reference).max() / reference.abs().max()
+        parts[f"openvino_{hint}_max_rel_error"] = round(float(error), 6)
+        parts[f"openvino_{hint}"] = _best(lambda ov_unet=ov_unet: ov_unet(inputs))
+        del ov_unet
+    parts["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return parts
+
+
 def real_size_loras(unet: Any, rank: int, count: int) -> list[Any]:
     """``count`` kohya-layout LoRA files of ``rank`` for the real-size SD 1.5 UNet (every linear layer of its
     transformer blocks, as kohya's default network; seeded random weights): the 20–150 MB files users
@@ -218,6 +270,7 @@ def run(quick: bool = False) -> list[Result]:
     # 1. Real-size parts in their own process (its peak RSS is the model's), then quality on the reference world.
     parts = _child("real_size_parts", {"side": 256, "small_side": 192} if quick else {})
     switching = _child("real_size_switching", {"switches": 20} if quick else {})
+    compiled = _child("compiled_unet_parts", {"side": 256} if quick else {})
     quality = quality_by_level()
 
     # 2. diffusers' defaults against each level at loramill's defaults (Euler, SD 1.5's 20 steps).
@@ -251,7 +304,17 @@ def run(quick: bool = False) -> list[Result]:
             results.append(Result(f"CPU generation quality, reference world: {name} vs Euler", "adherence",
                                   quality["fp32 full"]["adherence"], found["adherence"], None, "report", None,
                                   "make bench BENCH=generation", details=found))
-    for rank, found in switching.items():  # 3. LoRA switching at real size
+    for key, label in (("torch_compile_fp32", "torch.compile (inductor), fp32"),  # 3. compiled graphs
+                       ("openvino_f32", "OpenVINO, f32"), ("openvino_bf16", "OpenVINO, bf16")):
+        if key in compiled:
+            results.append(Result(f"CPU generation, {size}: one UNet call, eager fp32 vs {label}", "s/call",
+                                  compiled["eager_fp32"], compiled[key], speedup(compiled["eager_fp32"], compiled[key]),
+                                  "report (keep what wins)", None, "make bench BENCH=generation",
+                                  details={"compiled": compiled}))
+    if "openvino_f32" not in compiled:
+        results.append(Result(f"CPU generation, {size}: OpenVINO (not measured)", "-", None, None, None, "-", None,
+                              "make bench BENCH=generation", note="openvino is not installed: pip install openvino"))
+    for rank, found in switching.items():  # 4. LoRA switching at real size
         results.append(Result(f"CPU generation, real SD 1.5: switching {rank} LoRAs ({found['file_mb']} MB each)",
                               "s/switch", None, round(found["seconds_per_switch"], 3), None,
                               f"report; RSS growth ≤ 50 MB over {found['switches']} switches", found["growth_mb"] <= 50,
