@@ -39,3 +39,27 @@ def test_cli_entry_point_runs_as_a_program():
     out = subprocess.run([sys.executable, "-m", "loramill.cli", "models", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "tiny" in out.stdout
+
+
+def test_cli_generate_in_bf16(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from loramill.engine.generation import generate
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["models", "tiny", "sd15", "tiny-sd15"]) == 0
+    made = []
+    monkeypatch.setattr(generate.Generator, "__init__", _recording(generate.Generator.__init__, made))
+    assert main(["generate", "--model", "tiny-sd15", "--prompt", "a red circle", "--precision", "bf16",
+                 "--steps", "2", "--out", "out/", "--quiet"]) == 0
+    assert made[0].dtype == torch.bfloat16 and len(list((tmp_path / "out").glob("*.png"))) == 1
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "tiny-sd15", "--prompt", "x", "--precision", "fp8"])
+    assert "--precision: invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def _recording(init, made):  # type: ignore[no-untyped-def]
+    def record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        made.append(self)
+    return record
