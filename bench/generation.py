@@ -204,6 +204,8 @@ def image_seconds(parts: dict[str, float], steps: int, deep_cache: int = 1, smal
 def quality_by_level() -> dict[str, dict[str, float]]:
     """Adherence and CLIP similarity to diffusers' defaults ("reference"), per precision and level ("bf16
     fast") and for the other solvers ("fp32 dpmpp 12 steps"), on the reference SD 1.5."""
+    import importlib.util
+
     import torch
 
     from loramill.engine.families import get_family
@@ -236,7 +238,11 @@ def quality_by_level() -> dict[str, dict[str, float]]:
             at_level = lambda caption, seed, level=level, side=generator.default_size: level_request(  # noqa: E731
                 GenerateRequest(caption, seed=seed), level, "sd15", side)
             images[f"{precision} {level.name}"] = render(generator, at_level)
-    # 3. The second-order solvers the levels could have used, at the full and the fast level's steps.
+    # 3. The full level with the UNet through OpenVINO (when installed), as LORAMILL_GENERATION_OPENVINO runs it.
+    if importlib.util.find_spec("openvino") is not None:
+        generator = Generator(str(folder), serving=ServingSettings(precision="bf16", openvino=True))
+        images["bf16 openvino full"] = render(generator, lambda caption, seed: GenerateRequest(caption, seed=seed))
+    # 4. The second-order solvers the levels could have used, at the full and the fast level's steps.
     generator = Generator(str(folder))
     full_steps = get_family("sd15").DEFAULT_STEPS
     for solver in OTHER_SOLVERS:

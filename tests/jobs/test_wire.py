@@ -35,7 +35,9 @@ TRAIN_REQUIRED = {"model": "m", "images": "/nonexistent", "trigger": "sks", "out
 # The fields a layer adds that are no engine option: who and which job, the worker's model by name, LoRAs by
 # registry id (the engine takes files), queue priority.
 SERVICE_ONLY = {TrainConfig: {"baseModel"}, GenerateRequest: {"taskId", "userId", "baseModel", "loras", "priority"}}
-CLI_OWN = {TrainConfig: {"config", "processes", "quiet"}, GenerateRequest: {"model", "family", "lora", "out", "quiet"}}
+# The command line's own flags: the model, files, output, and the generator's serving settings.
+CLI_OWN = {TrainConfig: {"config", "processes", "quiet"},
+           GenerateRequest: {"model", "family", "lora", "out", "quiet", "precision", "openvino"}}
 
 
 # ---- the cases: one per (option, limit or choice), each with a value past it ---------------------------------

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16, or auto: bf16 on CPUs with native bf16 (AVX512-BF16/AMX), where a "
                         "real SD 1.5 UNet call is 1.64x faster at the same adherence (docs/performance.md)")
+    p.add_argument("--openvino", action="store_true",
+                   help="SD 1.5 on CPU: run the UNet through OpenVINO (pip install 'loramill[openvino]'; converted "
+                        "on the first image, about a minute at real size; no LoRAs or DeepCache with it)")
     add_option_flags(p, GenerateRequest, skip=("loras",))
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help=options_of(GenerateRequest)["loras"].help + " (repeatable)")
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             if not ref.path.is_file():
                 raise InvalidInput(f"loras: {ref.path}: no such file", code="lora_not_found", field="loras")
         request = GenerateRequest(**option_values(args, GenerateRequest), loras=loras)
-        generator = Generator(args.model, family=args.family, serving=ServingSettings(precision=args.precision))
+        generator = Generator(args.model, family=args.family, serving=ServingSettings(precision=args.precision,
+                                                                                openvino=args.openvino))
         bar = ProgressBar(disable=args.quiet)
         try:
             images = generator.generate(request, progress=bar)

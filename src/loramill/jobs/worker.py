@@ -77,7 +77,8 @@ class Worker:
             serving = ServingSettings(precision=settings.generation_precision,
                                       channels_last=settings.generation_channels_last,
                                       compile=settings.generation_compile,
-                                      sampler=settings.generation_sampler)
+                                      sampler=settings.generation_sampler,
+                                      openvino=settings.generation_openvino)
             models = ResidentModels(lora_cache_size=settings.lora_cache_size, serving=serving)
         self.models = models
         self.shutdown = threading.Event()

@@ -149,3 +149,13 @@ def test_bf16_resident_generator_trains_on_its_own_fp32_load(tiny_sd15: Path) ->
     assert generator.pipe.unet.dtype == torch.bfloat16 and generator.pipe is not pipe
     fp32 = ResidentModels(serving=ServingSettings(precision="fp32"))
     assert fp32.pipeline_for_training(model)[0] is fp32.generator(model).pipe  # fp32: no second copy
+
+
+def test_openvino_resident_generator_trains_on_its_own_torch_load(tiny_sd15: Path) -> None:
+    pytest.importorskip("openvino", reason="the test extra installs openvino")
+    from loramill.engine.generation.serving import ServingSettings
+
+    resident = ResidentModels(serving=ServingSettings(openvino=True))
+    model = resolve_base_model(None, WorkerSettings(base_model=str(tiny_sd15)))
+    pipe, _ = resident.pipeline_for_training(model)
+    assert pipe is not resident.generator(model).pipe and "forward" not in vars(pipe.unet)  # a plain torch UNet

@@ -89,7 +89,9 @@ class Generator:
         self.pipe = pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         # Precision, memory layout and compiled graphs are chosen once, when the model becomes resident.
-        self.dtype = apply_serving(self.pipe, serving or ServingSettings(), self.device)
+        serving = serving or ServingSettings()
+        self.dtype = apply_serving(self.pipe, serving, self.device, self.family_name)
+        self.openvino = serving.openvino
         self.default_size = native_size(self.pipe, get_family(self.family_name).DEFAULT_SIZE
                                         if self.family_name else 512)
         trainable = self.family_name is not None and get_family(self.family_name).TRAINABLE
@@ -118,6 +120,11 @@ class Generator:
                                "trained for those); generate with it without LoRAs", field="loras")
         if self.family_name:
             request.check_family(self.family_name)  # sampler and DeepCache need a UNet
+        if self.openvino and (loras or request.deep_cache > 1):
+            field = "loras" if loras else "deep_cache"
+            raise InvalidInput(f"{field}: this generator runs its UNet through OpenVINO, whose graph holds the base "
+                               "weights; generate without LoRAs and DeepCache here, or on a generator without "
+                               "OpenVINO (LORAMILL_GENERATION_OPENVINO off)", field=field)
         # 2. Settings, defaulting to the family's usual ones; sizes rounded to what the model accepts.
         family = get_family(self.family_name) if self.family_name else None
         multiple = family.RESOLUTION_MULTIPLE if family else 8

@@ -97,6 +97,7 @@ class ServingSettings:
     channels_last: bool = False
     compile: bool = False
     sampler: str = "euler"  # UNet models: the solver a request's sampler "default" runs
+    openvino: bool = False  # SD 1.5: the UNet through OpenVINO (no LoRAs, no DeepCache while on)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -107,7 +108,7 @@ class ServingSettings:
                                f"{', '.join(SERVING_SAMPLERS)}", code="invalid_option", field="sampler")
 
 
-def apply(pipe: Any, settings: ServingSettings, device: torch.device) -> torch.dtype:
+def apply(pipe: Any, settings: ServingSettings, device: torch.device, family: str | None = None) -> torch.dtype:
     """Prepare a loaded pipeline in place as ``settings`` say; returns the dtype it now runs in."""
     import torch
 
@@ -124,7 +125,11 @@ def apply(pipe: Any, settings: ServingSettings, device: torch.device) -> torch.d
             module = getattr(pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if settings.compile and denoiser is not None:
+    if settings.openvino:
+        from loramill.engine.generation.openvino import use_openvino
+
+        use_openvino(pipe, family, dtype)
+    elif settings.compile and denoiser is not None:
         # Compiled once per input shape; a new size or batch recompiles (guarded by dynamo's cache).
         denoiser.forward = torch.compile(denoiser.forward, dynamic=False)
     return dtype
