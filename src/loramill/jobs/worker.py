@@ -88,7 +88,8 @@ class Worker:
         if settings.generation_target_seconds is not None:
             from loramill.engine.generation.quality import LoadPolicy, few_step_family, levels_for
 
-            levels = levels_for(settings.few_step_lora, few_step_family(settings.few_step_lora))
+            levels = levels_for(settings.few_step_lora, few_step_family(settings.few_step_lora),
+                                torch_unet=not settings.generation_openvino)
             self.load_policy = LoadPolicy(settings.generation_target_seconds, workers=max(1, settings.workers),
                                           levels=levels)
         self.quota = StorageQuota(storage, settings.user_storage_bytes)

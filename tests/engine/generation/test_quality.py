@@ -108,6 +108,14 @@ def test_serving_levels_get_cheaper_in_order() -> None:
     assert [level.name for level in levels_for("lcm.safetensors", "sd15")][-1] == "few-step"
 
 
+def test_levels_without_a_torch_unet_are_steps_and_sizes_only() -> None:
+    # OpenVINO serving: DeepCache and LoRAs (the few-step one too) need the torch modules
+    levels = levels_for("lcm.safetensors", "sd15", torch_unet=False)
+    assert [level.name for level in levels] == [level.name for level in levels_for()]
+    assert all(level.deep_cache == 1 and level.few_step_lora is None for level in levels)
+    assert [level.steps_factor for level in levels] == [level.steps_factor for level in levels_for()]
+
+
 def test_level_request_uses_deep_cache_on_unet_models_only() -> None:
     faster = {level.name: level for level in levels_for()}["faster"]
     on_sd15 = level_request(GenerateRequest("a dog"), faster, "sd15")

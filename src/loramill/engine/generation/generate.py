@@ -98,6 +98,12 @@ class Generator:
         self.adapters = (AdapterCache(self.pipe, self.family_name, max_resident=max_resident_loras)
                          if trainable and self.family_name else None)
 
+    @property
+    def trains_in_place(self) -> bool:
+        """Whether training may use this pipeline as it is: fp32 torch modules. bf16 weights are already
+        rounded (and the LoRA and its optimiser are fp32); an OpenVINO UNet has no gradients."""
+        return self.dtype == torch.float32 and not self.openvino
+
     def _load(self, model: str) -> Any:
         if self.family_name is None:
             # Any other diffusers text-to-image model (Würstchen, Stable Cascade, …), without LoRAs.

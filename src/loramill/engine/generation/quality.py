@@ -15,7 +15,7 @@ so one policy serves every family. What each level costs in quality is measured 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +86,13 @@ def few_step_family(path: str | Path | None) -> str | None:
     return read_lora(path).family or "sd15"
 
 
-def levels_for(few_step_lora: str | Path | None = None, few_step_family: str | None = None
-               ) -> tuple[QualityLevel, ...]:
+def levels_for(few_step_lora: str | Path | None = None, few_step_family: str | None = None, *,
+               torch_unet: bool = True) -> tuple[QualityLevel, ...]:
     """The policy's levels: ``SERVING_LEVELS``, plus a 4-step level when the worker has a few-step LoRA
-    (for ``few_step_family``; on other models that level renders like "fastest")."""
+    (for ``few_step_family``; on other models that level renders like "fastest"). Without a torch UNet
+    (OpenVINO serving) the levels are steps and sizes only: DeepCache and LoRAs need the torch modules."""
+    if not torch_unet:
+        return tuple(replace(level, deep_cache=1) for level in SERVING_LEVELS)
     if not few_step_lora:
         return SERVING_LEVELS
     few = QualityLevel("few-step", steps_factor=0.4, resolution_factor=0.75, sampler="lcm", fixed_steps=4,

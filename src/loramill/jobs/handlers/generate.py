@@ -8,7 +8,6 @@ Images land at ``users/{userId}/generations/{taskId}/{n}.png`` and the result ev
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -60,8 +59,6 @@ def handle_generation(ctx: JobContext) -> JobEvent:
         # Counting how long it already waited keeps the last jobs of a burst from getting full quality late.
         waited = (datetime.now(UTC) - ctx.queued_at).total_seconds() if ctx.queued_at else 0.0
         level = ctx.load_policy.level_for(ctx.jobs_ahead(), waited)
-        if generator.openvino and level.deep_cache > 1:  # OpenVINO's graph has no DeepCache: steps only
-            level = dataclasses.replace(level, deep_cache=1)
         request = level_request(request, level, generator.family_name, generator.default_size)
         if level.cost < 1:
             log.info("queue is long: rendering at quality %r (%s steps, %sx%s, sampler %s, DeepCache %d)",

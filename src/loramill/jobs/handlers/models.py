@@ -149,11 +149,9 @@ class ResidentModels:
         """
         generator = self.generator(model)
         family = generator.family_name or ""
-        if str(generator.dtype) != "torch.float32" or generator.openvino:
-            # A bf16 serving pipeline cannot train: the LoRA and its optimiser are fp32, and the base weights
-            # are already rounded; an OpenVINO UNet has no gradients at all. Training gets its own
-            # full-precision load (freed when the job ends); the resident generator stays as it is for the
-            # generation jobs around it.
+        if not generator.trains_in_place:
+            # Training gets its own full-precision load (freed when the job ends); the resident generator
+            # stays as it is for the generation jobs around it.
             from loramill.engine.families import get_family
 
             log.info("resident %s runs in %s%s; training loads it again in fp32", model.name, generator.dtype,
