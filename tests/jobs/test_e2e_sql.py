@@ -67,7 +67,9 @@ def test_train_selfix_job_on_sql_broker_to_s3(sql_worker: WorkerProcess, sql_hom
 def test_resume_training_from_checkpoint_after_worker_killed(tmp_path: Path, tiny_sd15: Path,
                                                              s3_env: dict[str, str], s3_endpoint: str) -> None:
     s3 = s3_client(s3_endpoint)
-    env = worker_env(tmp_path, tiny_sd15, s3_env, "sql", LORAMILL_SQL_LEASE_SECONDS="2")
+    # Short lease and heartbeats: the dead worker's job is taken over after 3 s, not the default 30.
+    env = worker_env(tmp_path, tiny_sd15, s3_env, "sql", LORAMILL_SQL_LEASE_SECONDS="2",
+                     LORAMILL_JOB_HEARTBEAT_SECONDS="1", LORAMILL_JOB_STALE_SECONDS="3")
     client = SqlBroker(f"sqlite:///{tmp_path / 'loramill.db'}")
     events = EventLog(client.consume_events)
     task, user = new_task_id(), "selfix-user-2"
