@@ -33,7 +33,9 @@ def test_read_worker_and_selfix_settings_from_environment(monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize(("name", "value"), [("LORAMILL_BROKER", "redis"), ("LORAMILL_WORKER_JOBS", "train,upscale"),
-                                             ("LORAMILL_MODELS", "sd15"), ("LORAMILL_WORKER_HTTP_PORT", "70000")])
+                                             ("LORAMILL_MODELS", "sd15"), ("LORAMILL_WORKER_HTTP_PORT", "70000"),
+                                             ("LORAMILL_GENERATION_SAMPLER", "dpm"),
+                                             ("LORAMILL_GENERATION_PRECISION", "fp16")])
 def test_refuse_bad_worker_setting_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
                                                        value: str) -> None:
     monkeypatch.setenv(name, value)

@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from loramill.adapters.storage.quota import QuotaSettings
 from loramill.domain.status import JobKind
+from loramill.engine.generation.serving import PRECISIONS, SERVING_SAMPLERS
 from loramill.errors import InvalidInput
 from loramill.jobs.retry import RetryPolicy
 
@@ -137,6 +138,16 @@ class WorkerSettings(QuotaSettings):
         value = value.strip().lower()
         if value not in BROKERS:
             raise ValueError(f"{value!r} is not a broker; use one of: {', '.join(BROKERS)}")
+        return value
+
+    @field_validator("generation_precision", "generation_sampler")
+    @classmethod
+    def _known_serving_choice(cls, value: str, info: ValidationInfo) -> str:
+        # Checked at start-up: a typo must stop the worker with the variable's name, not fail each job.
+        choices = PRECISIONS if info.field_name == "generation_precision" else SERVING_SAMPLERS
+        value = value.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
         return value
 
     @field_validator("jobs")

@@ -26,6 +26,8 @@ def test_openvino_unet_draws_what_torch_draws_and_converts_once(tiny_models):
     assert isinstance(forward, OpenVinoUNet) and forward.compiled is None  # converted on the first image
     assert np.abs(_pixels(ov_images, 64) - _pixels(torch_images, 64)).max() <= 2  # f32: within rounding
     compiled = forward.compiled
+    # The graph holds the weights: the torch UNet's are released once it is built.
+    assert sum(p.numel() for p in ov_images.pipe.unet.parameters()) == 0
     # Another size runs on the same converted graph (dynamic shapes), still drawing what torch draws.
     assert np.abs(_pixels(ov_images, 96) - _pixels(torch_images, 96)).max() <= 2 and forward.compiled is compiled
 
