@@ -12,7 +12,21 @@ from typing import Any
 
 import torch
 
-from loramill.engine.planning.architectures import architecture
+from loramill.engine.planning.architectures import OPEN_CLIP_BIG_G, architecture
+
+# Würstchen v2 is generation-only, so the training planner's architectures do not list it. Its parts as
+# diffusers' conversion script builds warp-ai/wuerstchen and warp-ai/wuerstchen-prior: the prior (stage C)
+# with c 1536, depth 32, 24 heads, conditioned on OpenCLIP bigG's hidden states; the decoder (stage B) and
+# the Paella VQ-GAN (stage A) at their classes' defaults, the decoder conditioned on OpenCLIP ViT-H.
+OPEN_CLIP_H = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                   max_position_embeddings=77, vocab_size=49408, hidden_act="gelu", projection_dim=1024)
+WUERSTCHEN: dict[str, tuple[str, dict[str, Any]]] = {
+    "prior_prior": ("WuerstchenPrior", dict(c_in=16, c=1536, c_cond=1280, c_r=64, depth=32, nhead=24)),
+    "decoder": ("WuerstchenDiffNeXt", {}),
+    "vqgan": ("PaellaVQModel", {}),
+    "prior_text_encoder": ("CLIPTextModel", OPEN_CLIP_BIG_G),
+    "text_encoder": ("CLIPTextModel", OPEN_CLIP_H),
+}
 
 
 def build_real_size(family: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -24,7 +38,11 @@ def build_real_size(family: str, *, dtype: torch.dtype = torch.float32, device: 
     from loramill.engine.models import tiny
     from loramill.engine.planning.architectures import ARCHITECTURES
 
-    arch = ARCHITECTURES[family] if family in ARCHITECTURES else architecture(family)
+    if family != "wuerstchen":
+        arch = ARCHITECTURES[family] if family in ARCHITECTURES else architecture(family)
+        parts = {_denoiser_attr(family): arch.denoiser, "vae": ("AutoencoderKL", arch.vae), **arch.text_encoders}
+    else:
+        parts = WUERSTCHEN
     template = tiny.BUILDERS[family]()  # tokenizers, scheduler and pipeline class of the family
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
@@ -32,12 +50,17 @@ def build_real_size(family: str, *, dtype: torch.dtype = torch.float32, device: 
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            cls_name, config = arch.denoiser
-            components: dict[str, Any] = {_denoiser_attr(family): getattr(diffusers, cls_name).from_config(config),
-                                          "vae": diffusers.AutoencoderKL.from_config(arch.vae)}
-            for name, (cls_name, config) in arch.text_encoders.items():
-                config_class = transformers.T5Config if cls_name.startswith("T5") else transformers.CLIPTextConfig
-                components[name] = getattr(transformers, cls_name)(config_class(**config))
+            components: dict[str, Any] = {}
+            for name, (cls_name, config) in parts.items():
+                if cls_name.startswith("Wuerstchen") or cls_name.startswith("Paella"):
+                    from diffusers.pipelines.deprecated import wuerstchen
+
+                    components[name] = getattr(wuerstchen, cls_name).from_config(config)
+                elif hasattr(diffusers, cls_name):
+                    components[name] = getattr(diffusers, cls_name).from_config(config)
+                else:
+                    config_class = transformers.T5Config if cls_name.startswith("T5") else transformers.CLIPTextConfig
+                    components[name] = getattr(transformers, cls_name)(config_class(**config))
     finally:
         torch.set_default_dtype(default)
     if family == "flux":
