@@ -16,8 +16,8 @@ right, docs/quality.md.) Measured with the reference world's scorer:
 Every run keeps the base captions with teacher preservation (the recipe bench/lora_quality.py chose), so
 base adherence measures what continuing costs, not what any LoRA costs. Runs, same seeds: A alone; B
 alone; A then B continued without protecting A (forgetting reproduced); A then B with teacher
-preservation on A's prompts too (the LoRA continued from as the teacher), with replay of A's images, and
-with both (forgetting prevented: A keeps ≥ 90% of its fidelity, B reaches ≥ 90% of B alone, adherence
+preservation on A's prompts too (the LoRA continued from as the teacher), the same with caption dropout
+(the feature that helped B most), with replay of A's images, and with teacher and replay (forgetting prevented: A keeps ≥ 90% of its fidelity, B reaches ≥ 90% of B alone, adherence
 ≥ 95% of the base's); A and B in one run with two triggers; and each recipe feature on B vs B alone.
 """
 
@@ -43,7 +43,9 @@ COMMAND = "make bench BENCH=recipe"
 class Plan:
     steps: int = 600
     images: int = 12
-    seeds: tuple[int, ...] = (0, 1)
+    # Four seeds: at two, the 30 base renders moved adherence by 3.3 points an image, more than the
+    # 95%-of-base bar leaves (0.93 → 0.884 is 1.4 images)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
     render_steps: int = 20
     lr: float = 1e-3
     rank: int = 8
@@ -161,6 +163,8 @@ def runs(data: dict[str, Path], family: str) -> dict[str, dict[str, Any]]:
         "B": dict(images=data["B"], trigger=SHAPE),
         "A→B": dict(images=data["B"], trigger=SHAPE, init="A"),
         "A→B teacher": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep),
+        "A→B teacher+dropout": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep,
+                                    caption_dropout=0.1),
         "A→B replay": dict(images=data["B"], trigger=SHAPE, init="A", replay_images=str(data["A"])),
         "A→B teacher+replay": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep,
                                    replay_images=str(data["A"])),
@@ -182,6 +186,7 @@ def runs(data: dict[str, Path], family: str) -> dict[str, dict[str, Any]]:
 def run_family(family: str, model: Path, root: Path, plan: Plan, only: list[str] | None = None) -> dict[str, Any]:
     """Train every run of ``runs`` (skipping ones already written), then measure each LoRA and the base."""
     from loramill.engine.families import get_family
+    from loramill.engine.generation.serving import UNET_FAMILIES, make_sampler
     from loramill.engine.reference.domain import base_captions
     from loramill.engine.training.config import TrainConfig
     from loramill.engine.training.run import train
@@ -206,6 +211,8 @@ def run_family(family: str, model: Path, root: Path, plan: Plan, only: list[str]
             seconds[name] = round(time.perf_counter() - started, 1)
         loras[name] = out
     pipe = get_family(family).load_pipeline(str(model))
+    if family in UNET_FAMILIES:  # rendered as loramill's generator serves them: Euler (docs/performance.md)
+        pipe.scheduler = make_sampler(pipe, "euler")
     measured = {"base": measure(pipe, family, None, plan)}
     for name, path in loras.items():
         measured[name] = measure(pipe, family, path, plan)
@@ -220,7 +227,7 @@ def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
     out.append(Result(f"{family}: forgetting A after continuing on B", "fidelity A kept (after/before)",
                       a["fidelity_A"], plain["fidelity_A"], _ratio(plain["fidelity_A"], a["fidelity_A"]),
                       "a large drop (reproduces the problem)", None, COMMAND, details=plain))
-    for name in ("A→B teacher", "A→B replay", "A→B teacher+replay"):
+    for name in ("A→B teacher", "A→B teacher+dropout", "A→B replay", "A→B teacher+replay"):
         r = m[name]
         keep_a = _ratio(r["fidelity_A"], a["fidelity_A"])
         keep_b = _ratio(r["fidelity_B"], b["fidelity_B"])
@@ -232,8 +239,14 @@ def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
                           details={**r, "keep_A": keep_a, "keep_B": keep_b, "keep_adherence": keep_base}))
     two = m["A+B one run"]
     bleed = max(two["bleed_A_blue"], two["bleed_B_purple"])
+    # The control: how often each concept's own LoRA, trained alone, draws its prompts in the other's colour.
+    # B's LoRA alone draws some `zwx` prompts purple (halfway between the base's red and blue) with no A
+    # anywhere; only what the shared run adds over that is bleed from the other concept.
+    beyond = max(two["bleed_A_blue"] - a["bleed_A_blue"], two["bleed_B_purple"] - b["bleed_B_purple"], 0.0)
     out.append(Result(f"{family}: A and B in one run", "bleed (max of the two)", None, bleed, None, "≤ 0.10",
-                      bleed <= 0.10, COMMAND, details=two))
+                      bleed <= 0.10, COMMAND, details={**two, "bleed_beyond_alone": round(beyond, 3)},
+                      note=f"alone: A drawn blue {a['bleed_A_blue']:.2f}, B drawn purple {b['bleed_B_purple']:.2f}; "
+                           f"the shared run adds {beyond:.2f}"))
     for name, r in m.items():
         if name.startswith("B "):
             out.append(Result(f"{family}: {name} vs B alone", "fidelity B (feature / off)", b["fidelity_B"],
