@@ -44,6 +44,25 @@ def test_training_evaluates_and_exports_the_best_checkpoint(tiny_models, subject
     assert again["clip"] == pytest.approx(best["eval"]["clip"], abs=1e-4)
 
 
+def test_with_ema_evaluations_measure_the_averaged_weights_that_are_exported(tiny_models, subject_images, tiny_clip,
+                                                                              tmp_path) -> None:
+    config = train_config(tiny_models["sd15"], subject_images, tmp_path / "l.safetensors", max_steps=12, lr=1e-2,
+                          clip_model=str(tiny_clip), ema_decay=0.9, **EVAL)
+    result = train(config)
+    lines = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [line for line in lines if "eval" in line][-1]
+    family = get_family("sd15")
+    pipe = family.load_pipeline(str(tiny_models["sd15"]))
+    pipe.load_lora_weights(str(result.lora_path))  # the EMA average (ema_export's default)
+    references = load_examples(str(config.run_dir / "dataset"), trigger="sks", resolution=64, multiple=8)
+    again = Evaluator(pipe, family, config_from_references(
+        references, clip=str(tiny_clip), preservation_prompts=["a bowl of fruit"],
+        render=RenderSettings(steps=4, side=64))).evaluate().metrics
+    # the final evaluation measured the file it exported (before: the raw weights, while the file held EMA's)
+    assert again["clip"] == pytest.approx(last["eval"]["clip"], abs=1e-4)
+    assert again["divergence"] == pytest.approx(last["eval"]["divergence"], rel=1e-3)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_stops_at_the_target(family, tiny_models, subject_images, tmp_path) -> None:
     config = train_config(tiny_models[family], subject_images, tmp_path / "l.safetensors", max_steps=40,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,11 +110,16 @@ class TrainingEvaluation:
         return evaluation
 
     def after_step(self, step: int, total_steps: int, weights: Callable[[], dict[str, torch.Tensor]],
-                   metrics_file: Any, scheduler: Any) -> bool:
-        """The training loop's one call per step: evaluate when due, feed a plateau schedule; True = stop now."""
+                   metrics_file: Any, scheduler: Any,
+                   exported: Callable[[], AbstractContextManager[Any]] = nullcontext) -> bool:
+        """The training loop's one call per step: evaluate when due, feed a plateau schedule; True = stop now.
+
+        ``exported`` puts the weights the run would export into the model for the evaluation (EMA's average,
+        when that is what is exported), so what is measured, and kept as the best, is what the file holds."""
         if not self.due(step, total_steps):
             return False
-        metrics = self.evaluate(step, weights(), metrics_file).metrics
+        with exported():
+            metrics = self.evaluate(step, weights(), metrics_file).metrics
         watched = self.settings.select_by or _default_watch(metrics)
         if hasattr(scheduler, "observe") and watched in metrics:
             scheduler.observe(metrics[watched], higher_is_better(watched))

@@ -228,6 +228,10 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         def lora_weights() -> dict[str, torch.Tensor]:
             return {f"{n}.{k}": v for n, m in trained.items() for k, v in adapters.lora_state(m).items()}
 
+        def exported_weights() -> Any:
+            """The weights export writes, in the model while it is evaluated: EMA's average when exported."""
+            return ema.applied() if ema is not None and config.ema_export == "ema" else nullcontext()
+
         def checkpoint() -> Path | None:
             if not ranks.main:
                 return None
@@ -309,7 +313,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
             metrics_file.flush()
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
                 checkpoint()
-            if monitor is not None and monitor.after_step(step, total_steps, lora_weights, metrics_file, scheduler):
+            if monitor is not None and monitor.after_step(step, total_steps, lora_weights, metrics_file, scheduler,
+                                                          exported=exported_weights):
                 break  # the --stop-at target is reached
             if monitor is None and hasattr(scheduler, "observe_loss"):
                 scheduler.observe_loss(step_loss)  # reduce_on_plateau without evaluation watches the loss
@@ -330,8 +335,8 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
         metrics_file.close()
 
         # 9. Export the LoRA in the chosen layout, with metadata, and the run's metrics.
-        with ema.applied() if ema is not None and config.ema_export == "ema" else nullcontext():
-            # the best evaluation's weights when --select-by chose one (evaluated as trained, not averaged)
+        with exported_weights():
+            # the best evaluation's weights when --select-by chose one (evaluated as they are exported)
             layers = (monitor.best_layers() if monitor is not None else None) or {
                 name: adapters.lora_state(module) for name, module in trained.items()}
         training_time = elapsed_before + time.monotonic() - started
