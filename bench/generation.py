@@ -6,7 +6,9 @@
    384 px, and the VAE decode. An image is encode + its UNet calls + decode, run one after another, so
    s/image for diffusers' defaults (``StableDiffusionPipeline(...)(prompt)``: 50 PNDM steps = 51 calls,
    fp32) and for every quality level is composed from these measured parts. One full image at real size
-   takes minutes here; the parts take seconds each and are timed as the best of two.
+   takes minutes here; the parts take seconds each and are timed as the best of two. To check the
+   composing, whole images at the fastest and the full level go through loramill's ``Generator`` in
+   another process beside freshly measured parts (``whole_images``).
 2. Quality, on the reference world (the trained tiny SD 1.5, its scorer and CLIP): diffusers' defaults (the
    model's own scheduler, 50 steps, fp32) are the full-quality reference; each level at loramill's defaults
    (Euler, the family's steps), in fp32 and in bf16, and the solvers the levels could use instead, render
@@ -37,13 +39,13 @@ SWITCHES = 1000
 SWITCH_FILES = 6  # more files than the generator's cache holds (4): every switch loads into an evicted slot
 
 CHILD = """
-import json, sys
-from bench import generation
-print("RESULT " + json.dumps(getattr(generation, sys.argv[1])(**json.loads(sys.argv[2]))), flush=True)
+import importlib, json, sys
+module = importlib.import_module("bench." + sys.argv[1])
+print("RESULT " + json.dumps(getattr(module, sys.argv[2])(**json.loads(sys.argv[3]))), flush=True)
 """
 
 
-def _best(fn: Any, repeats: int = 2) -> float:
+def best_seconds(fn: Any, repeats: int = 2) -> float:
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
@@ -68,20 +70,24 @@ def real_size_parts(side: int = 512, small_side: int = 384) -> dict[str, float]:
     cond, t = torch.randn(2, 77, 768), torch.tensor([500, 500])
     parts: dict[str, float] = {}
     with torch.inference_mode():
-        parts["encode"] = _best(lambda: text(tokens))
-        parts["decode"] = _best(lambda: vae.decode(latents[:1] / vae.config.scaling_factor))
-        parts["unet_fp32"] = _best(lambda: unet(latents, t, cond))
-        parts["unet_fp32_small"] = _best(lambda: unet(small, t, cond))
+        parts["encode"] = best_seconds(lambda: text(tokens))
+        parts["decode"] = best_seconds(lambda: vae.decode(latents[:1] / vae.config.scaling_factor))
+        parts["unet_fp32"] = best_seconds(lambda: unet(latents, t, cond))
+        parts["unet_fp32_small"] = best_seconds(lambda: unet(small, t, cond))
         with deep_cache(unet, 2):
             unet(latents, t, cond)  # the full step that records the deep features
-            parts["unet_deep_cache_step"] = _best(lambda: unet(latents, t, cond), repeats=1)
-        unet_cl = unet.to(memory_format=torch.channels_last)
-        cl = latents.to(memory_format=torch.channels_last)
-        parts["unet_fp32_channels_last"] = _best(lambda: unet_cl(cl, t, cond))
-        unet_bf16 = unet.to(dtype=torch.bfloat16, memory_format=torch.contiguous_format)
-        parts["unet_bf16"] = _best(lambda: unet_bf16(latents.bfloat16(), t, cond.bfloat16()))
-        vae_bf16 = vae.to(dtype=torch.bfloat16)  # a bf16 generator casts the whole pipeline
-        parts["decode_bf16"] = _best(lambda: vae_bf16.decode(latents[:1].bfloat16() / vae.config.scaling_factor))
+            parts["unet_deep_cache_step"] = best_seconds(lambda: unet(latents, t, cond), repeats=1)
+    # Layout and dtype changes happen outside inference mode, as a generator makes them when it loads: weights
+    # cast inside it become inference tensors, and bf16 convolutions on them ran up to 12× slower here.
+    unet_cl = unet.to(memory_format=torch.channels_last)
+    cl = latents.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        parts["unet_fp32_channels_last"] = best_seconds(lambda: unet_cl(cl, t, cond))
+    unet_bf16 = unet.to(dtype=torch.bfloat16, memory_format=torch.contiguous_format)
+    vae_bf16 = vae.to(dtype=torch.bfloat16)  # a bf16 generator casts the whole pipeline
+    with torch.inference_mode():
+        parts["unet_bf16"] = best_seconds(lambda: unet_bf16(latents.bfloat16(), t, cond.bfloat16()))
+        parts["decode_bf16"] = best_seconds(lambda: vae_bf16.decode(latents[:1].bfloat16() / vae.config.scaling_factor))
     parts["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return parts
 
@@ -103,12 +109,12 @@ def compiled_unet_parts(side: int = 512) -> dict[str, float]:
     parts: dict[str, float] = {}
     with torch.inference_mode():
         reference = unet(latents, t, cond, return_dict=False)[0]
-        parts["eager_fp32"] = _best(lambda: unet(latents, t, cond))
+        parts["eager_fp32"] = best_seconds(lambda: unet(latents, t, cond))
         compiled = torch.compile(unet.forward, dynamic=False)
         started = time.perf_counter()
         compiled(latents, t, cond)
         parts["torch_compile_build_s"] = round(time.perf_counter() - started, 1)
-        parts["torch_compile_fp32"] = _best(lambda: compiled(latents, t, cond))
+        parts["torch_compile_fp32"] = best_seconds(lambda: compiled(latents, t, cond))
     if importlib.util.find_spec("openvino") is None:
         return parts
     import openvino
@@ -132,7 +138,7 @@ def compiled_unet_parts(side: int = 512) -> dict[str, float]:
         parts[f"openvino_{hint}_build_s"] = round(time.perf_counter() - started, 1)
         error = abs(torch.from_numpy(ov_unet(inputs)[0]) - reference).max() / reference.abs().max()
         parts[f"openvino_{hint}_max_rel_error"] = round(float(error), 6)
-        parts[f"openvino_{hint}"] = _best(lambda ov_unet=ov_unet: ov_unet(inputs))
+        parts[f"openvino_{hint}"] = best_seconds(lambda ov_unet=ov_unet: ov_unet(inputs))
         del ov_unet
     parts["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return parts
@@ -180,6 +186,35 @@ def real_size_switching(switches: int = SWITCHES, ranks: tuple[int, ...] = SWITC
         found["file_mb"] = round(files[0].stat().st_size / 2 ** 20, 1)
         out[f"rank {rank}"] = found
         generator.adapters.clear()
+    return out
+
+
+def whole_images(levels: tuple[str, ...] = ("fastest", "full"), precision: str = "bf16") -> dict[str, Any]:
+    """Whole real-size SD 1.5 images through loramill's ``Generator`` at ``levels``, beside the parts the
+    composed figures are made of, in one process: how far composing is from the real thing. One image per
+    level, its first (the parts are the best of two, so the whole image carries first-call costs too)."""
+    import resource
+
+    from loramill.engine.generation.generate import Generator
+    from loramill.engine.generation.quality import level_request, levels_for
+    from loramill.engine.generation.request import GenerateRequest
+    from loramill.engine.generation.serving import ServingSettings
+    from loramill.engine.models.realsize import build_real_size
+
+    parts = real_size_parts()
+    generator = Generator("real-size SD 1.5", family="sd15", pipe=build_real_size("sd15"),
+                          serving=ServingSettings(precision=precision))
+    out: dict[str, Any] = {"parts": parts, "precision": precision, "levels": {}}
+    for level in (level for name in levels for level in levels_for() if level.name == name):
+        request = level_request(GenerateRequest("a photo of a cat", seed=0), level, "sd15", generator.default_size)
+        plan = generator.plan(request)  # the steps and side it resolves to (the full level leaves them unset)
+        started = time.perf_counter()
+        generator.generate(request)
+        whole = round(time.perf_counter() - started, 2)
+        composed = image_seconds(parts, plan.steps, plan.deep_cache, small=plan.width < 512, precision=precision)
+        out["levels"][level.name] = {"steps": plan.steps, "side": plan.width, "deep_cache": plan.deep_cache,
+                                     "whole_s": whole, "composed_s": composed}
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
 
 
@@ -259,9 +294,9 @@ def quality_by_level() -> dict[str, dict[str, float]]:
     return out
 
 
-def _child(function: str, args: dict[str, Any]) -> Any:
-    """``function(**args)`` of this module in its own process (its peak RSS is the model's)."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, function, json.dumps(args)], cwd=REPO, env=_env(),
+def in_child(function: str, args: dict[str, Any], module: str = "generation") -> Any:
+    """``function(**args)`` of ``bench.<module>`` in its own process (its peak RSS is the model's)."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, module, function, json.dumps(args)], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
@@ -274,9 +309,10 @@ def run(quick: bool = False) -> list[Result]:
     from loramill.engine.generation.quality import apply_level, levels_for
 
     # 1. Real-size parts in their own process (its peak RSS is the model's), then quality on the reference world.
-    parts = _child("real_size_parts", {"side": 256, "small_side": 192} if quick else {})
-    switching = _child("real_size_switching", {"switches": 20} if quick else {})
-    compiled = _child("compiled_unet_parts", {"side": 256} if quick else {})
+    parts = in_child("real_size_parts", {"side": 256, "small_side": 192} if quick else {})
+    switching = in_child("real_size_switching", {"switches": 20} if quick else {})
+    compiled = in_child("compiled_unet_parts", {"side": 256} if quick else {})
+    whole = in_child("whole_images", {"levels": ["fastest"]} if quick else {})
     quality = quality_by_level()
 
     # 2. diffusers' defaults against each level at loramill's defaults (Euler, SD 1.5's 20 steps).
@@ -320,7 +356,13 @@ def run(quick: bool = False) -> list[Result]:
     if "openvino_f32" not in compiled:
         results.append(Result(f"CPU generation, {size}: OpenVINO (not measured)", "-", None, None, None, "-", None,
                               "make bench BENCH=generation", note="openvino is not installed: pip install openvino"))
-    for rank, found in switching.items():  # 4. LoRA switching at real size
+    for name, found in whole["levels"].items():  # 4. whole images against their composed figures
+        results.append(Result(f"CPU generation, real SD 1.5, {whole['precision']}, level {name} ({found['steps']} "
+                              f"steps at {found['side']} px): whole image vs composed", "s/image",
+                              found["composed_s"], found["whole_s"], speedup(found["composed_s"], found["whole_s"]),
+                              "report (how far composing is off)", None, "make bench BENCH=generation",
+                              details=whole))
+    for rank, found in switching.items():  # 5. LoRA switching at real size
         results.append(Result(f"CPU generation, real SD 1.5: switching {rank} LoRAs ({found['file_mb']} MB each)",
                               "s/switch", None, round(found["seconds_per_switch"], 3), None,
                               f"report; RSS growth ≤ 50 MB over {found['switches']} switches", found["growth_mb"] <= 50,

@@ -1,7 +1,7 @@
 """Run the benchmarks, print the table and merge the figures into bench/results.json.
 
     python -m bench.run [--only training,loras,orchestration,coldstart,quality,adherence,recipe,lora_quality,
-                                realsize,generation,fairness]
+                                realsize,generation,wuerstchen,fairness]
                         [--quick]
                         [--reference-script PATH --reference-python PATH]
 
@@ -22,7 +22,7 @@ import traceback
 from bench.common import RESULTS, Result, machine, save_results, table
 
 BENCHMARKS = ("training", "loras", "orchestration", "coldstart", "quality", "adherence", "recipe", "lora_quality",
-              "realsize", "generation", "fairness")
+              "realsize", "generation", "wuerstchen", "fairness")
 
 
 def main(argv: list[str] | None = None) -> int:
