@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from loramill.engine.training.conditioning import drop_captions, preservation_prompts, without_trigger
-from loramill.engine.training.optim import lora_plus_groups
 
 
 def test_caption_dropout_is_deterministic_and_near_its_rate():
@@ -26,12 +24,3 @@ def test_without_trigger_replaces_whole_words_only():
     drawn = [preservation_prompts(["sks a", "sks b"], ["sks"], None, keep, micro=m) for m in range(3)]
     assert drawn == [["a", "one"], ["a", "two"], ["a", "three"]]
     assert preservation_prompts(["sks a"], ["sks"], None, [], micro=5) == ["a"]
-
-
-def test_lora_plus_gives_b_a_higher_learning_rate():
-    named = {"x.lora_A.t.weight": torch.nn.Parameter(torch.zeros(1)),
-             "x.lora_B.t.weight": torch.nn.Parameter(torch.zeros(1))}
-    groups = lora_plus_groups(named, 1e-4, 16)
-    assert [(len(g["params"]), g["lr"]) for g in groups] == [(1, 1e-4), (1, pytest.approx(1.6e-3))]
-    assert groups[1]["params"][0] is named["x.lora_B.t.weight"]
-    assert [len(g["params"]) for g in lora_plus_groups(named, 1e-4, 1)] == [2]

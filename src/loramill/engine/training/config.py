@@ -111,6 +111,11 @@ class TrainConfig(Spec):
                        help="learning rate (typical: 1e-4; Prodigy: 1.0)",
                        wire_cap=WireCap(lt=1, reason="the queue contract's clients send AdamW rates, where 1 or "
                                         "more is a units slip (8 for 8e-4); Prodigy's 1.0 is for the CLI"))
+    text_encoder_lr: float | None = option(None, gt=0, le=10, wire="textEncoderLr", families=("sd15", "sdxl"),
+                                           why="FLUX.1's LoRAs train the transformer only",
+                                           help="learning rate of the text-encoder LoRA (default: lr; kohya's "
+                                           "--text_encoder_lr)",
+                                           wire_cap=WireCap(lt=1, reason="as learningRate: an AdamW rate"))
     lr_scheduler: str = option("constant", choices=LR_SCHEDULERS, wire="lrScheduler", help="learning-rate schedule")
     lr_warmup_steps: int = option(0, ge=0, help="steps of linear warm-up")
     optimizer: str = option("adamw", choices=OPTIMIZERS, wire="optimizer", help="optimizer")
@@ -162,7 +167,7 @@ class TrainConfig(Spec):
                                     help="class images the base model generates when none are given")
     concepts: list[str] = option([], max_length=16, cli="--concept",
                                  help="another concept in the same run: TRIGGER=FOLDER (repeatable)")
-    # the recipe (engine/training/{ema,weighting,losses,masks,conditioning}.py, optim.lora_plus_groups)
+    # the recipe (engine/training/{ema,weighting,losses,masks,conditioning}.py, optim.param_groups)
     ema_decay: float = option(0.0, ge=0, lt=1, wire="emaDecay",
                               help="EMA of the LoRA weights (0: off; typical 0.99-0.999)")
     ema_export: str = option("ema", choices=EMA_EXPORT, wire="emaExport",
@@ -256,6 +261,9 @@ def _check_recipe(config: TrainConfig) -> None:
                            "(typical: 0.99-0.999)")
     if config.preserve_teacher == "init_lora" and not config.init_lora:
         raise option_error("preserve_teacher", "init_lora needs init_lora set (the LoRA continued from is the teacher)")
+    if config.text_encoder_lr is not None and not config.train_text_encoder:
+        raise option_error("text_encoder_lr", "it is the text-encoder LoRA's rate; set train_text_encoder too, or "
+                           "leave it unset")
     if config.replay_images and not config.init_lora:
         raise option_error("replay_images", "replay mixes in the previous concept when continuing; set init_lora "
                            "too, or train the folder as another concept (concepts TRIGGER=FOLDER)")

@@ -67,16 +67,27 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: fl
     return OPTIMIZERS[name](params, lr, weight_decay)
 
 
-def lora_plus_groups(named: dict[str, torch.nn.Parameter], lr: float, ratio: float) -> list[dict[str, Any]]:
-    """LoRA+ (Hayou et al. 2024): the ``B`` matrices learn ``ratio`` times faster than ``A`` (the paper: ~16).
+def param_groups(named: dict[str, torch.nn.Parameter], lr: float, lora_plus_ratio: float = 1.0,
+                 text_encoder_lr: float | None = None, text_encoders: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The optimizer's groups, one per learning rate; the schedule scales them all alike.
 
-    One group per learning rate; the schedule scales both alike. ``ratio`` 1 is plain LoRA (one group).
+    ``named`` keys start with their component (``"unet."``, ``"text_encoder."``). The text encoders' LoRA
+    learns at ``text_encoder_lr`` when given (kohya's ``--text_encoder_lr``), the rest at ``lr``. LoRA+ (Hayou
+    et al. 2024): within each, the ``B`` matrices learn ``lora_plus_ratio`` times faster than ``A`` (the
+    paper: ~16; 1 is plain LoRA).
     """
-    if ratio == 1:
-        return [{"params": list(named.values()), "lr": lr}]
-    a = [p for n, p in named.items() if ".lora_B." not in n]
-    b = [p for n, p in named.items() if ".lora_B." in n]
-    return [group for group in ({"params": a, "lr": lr}, {"params": b, "lr": lr * ratio}) if group["params"]]
+    prefixes = tuple(f"{name}." for name in text_encoders)
+    parts: list[tuple[dict[str, torch.nn.Parameter], float]] = [(named, lr)]
+    if text_encoder_lr is not None:  # (without it one part, so checkpoints keep their optimizer's layout)
+        parts = [({n: p for n, p in named.items() if not n.startswith(prefixes)}, lr),
+                 ({n: p for n, p in named.items() if n.startswith(prefixes)}, text_encoder_lr)]
+    groups = []
+    for members, base in parts:
+        for is_b in ((False,) if lora_plus_ratio == 1 else (False, True)):
+            params = [p for n, p in members.items() if lora_plus_ratio == 1 or (".lora_B." in n) == is_b]
+            if params:
+                groups.append({"params": params, "lr": base * (lora_plus_ratio if is_b else 1.0)})
+    return groups
 
 
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> Any:

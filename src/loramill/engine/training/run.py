@@ -52,9 +52,9 @@ from loramill.engine.training.objective import Objective
 from loramill.engine.training.optim import (
     check_optimizer,
     check_precision,
-    lora_plus_groups,
     make_optimizer,
     make_scheduler,
+    param_groups,
 )
 from loramill.engine.training.preservation import concept_folders, extra_sets
 from loramill.engine.training.quantize import check_quantize, quantized_denoiser
@@ -199,8 +199,9 @@ def train(config: TrainConfig, *, pipe: Any = None, progress: ProgressCallback =
 
         # 6. Optimizer and learning-rate schedule.
         named = {f"{n}.{k}": p for n, m in trained.items() for k, p in adapters.named_lora_params(m).items()}
-        optimizer = make_optimizer(config.optimizer, lora_plus_groups(named, config.lr, config.lora_plus_ratio),
-                                   config.lr, config.weight_decay)
+        groups = param_groups(named, config.lr, config.lora_plus_ratio, config.text_encoder_lr, text_encoders=[
+            name for name in trained if name != family.DENOISER])
+        optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
         ema = LoraEma(named, config.ema_decay) if config.ema_decay else None
         scheduler = make_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps)
         generator = torch.Generator().manual_seed(config.seed)
