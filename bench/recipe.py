@@ -17,8 +17,10 @@ Every run keeps the base captions with teacher preservation (the recipe bench/lo
 base adherence measures what continuing costs, not what any LoRA costs. Runs, same seeds: A alone; B
 alone; A then B continued without protecting A (forgetting reproduced); A then B with teacher
 preservation on A's prompts too (the LoRA continued from as the teacher), the same with caption dropout
-(the feature that helped B most), with replay of A's images, and with teacher and replay (forgetting prevented: A keeps ≥ 90% of its fidelity, B reaches ≥ 90% of B alone, adherence
-≥ 95% of the base's); A and B in one run with two triggers; and each recipe feature on B vs B alone.
+(the feature that helped B most) and then also with the UNet at a tenth of the text encoder's rate, with
+replay of A's images, and with teacher and replay (forgetting prevented: A keeps ≥ 90% of its fidelity, B
+reaches ≥ 90% of B alone, adherence ≥ 95% of the base's); A and B in one run with two triggers; and each
+recipe feature on B vs B alone.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ def runs(data: dict[str, Path], family: str) -> dict[str, dict[str, Any]]:
         "A→B teacher": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep),
         "A→B teacher+dropout": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep,
                                     caption_dropout=0.1),
+        # the text encoder carries the new word; the UNet, which draws everything else, learns 10× slower
+        "A→B teacher+dropout+slow UNet": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep,
+                                              caption_dropout=0.1, lr=1e-4, text_encoder_lr=1e-3),
         "A→B replay": dict(images=data["B"], trigger=SHAPE, init="A", replay_images=str(data["A"])),
         "A→B teacher+replay": dict(images=data["B"], trigger=SHAPE, init="A", preserve_prompts=keep,
                                    replay_images=str(data["A"])),
@@ -203,7 +208,8 @@ def run_family(family: str, model: Path, root: Path, plan: Plan, only: list[str]
         out = root / family / (name.replace(" ", "_").replace("→", "-to-").replace("+", "plus") + ".safetensors")
         if not out.exists():
             started = time.perf_counter()
-            config = TrainConfig(model=str(model), out=str(out), resolution=64, rank=plan.rank, lr=plan.lr,
+            config = TrainConfig(model=str(model), out=str(out), resolution=64, rank=plan.rank,
+                                 lr=options.pop("lr", plan.lr),
                                  max_steps=plan.steps, seed=0, prepare="never", class_word="shape",
                                  train_text_encoder=plan.text_encoder and family != "flux",
                                  init_lora=str(loras[init]) if init else None, **options)
@@ -227,7 +233,8 @@ def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
     out.append(Result(f"{family}: forgetting A after continuing on B", "fidelity A kept (after/before)",
                       a["fidelity_A"], plain["fidelity_A"], _ratio(plain["fidelity_A"], a["fidelity_A"]),
                       "a large drop (reproduces the problem)", None, COMMAND, details=plain))
-    for name in ("A→B teacher", "A→B teacher+dropout", "A→B replay", "A→B teacher+replay"):
+    for name in ("A→B teacher", "A→B teacher+dropout", "A→B teacher+dropout+slow UNet", "A→B replay",
+                 "A→B teacher+replay"):
         r = m[name]
         keep_a = _ratio(r["fidelity_A"], a["fidelity_A"])
         keep_b = _ratio(r["fidelity_B"], b["fidelity_B"])
