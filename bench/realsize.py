@@ -25,7 +25,7 @@ from typing import Any
 from bench.common import PROMPT, REPO, WORK, Result, speedup, training_images, workdir
 from bench.training import RANK, reference_args
 
-STEPS, WARMUP = 4, 1  # the first step pays allocation and lazy init; 2 measured intervals a side (minutes each here)
+STEPS, WARMUP = 8, 2  # the first steps pay allocation and lazy init; 5 measured intervals a side (12–20 s each here)
 NEEDS_GIB = 14  # free memory a 512 px real-size SD 1.5 run may take here (measured peak ~9 GiB + margin)
 
 
