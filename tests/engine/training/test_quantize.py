@@ -32,6 +32,41 @@ def test_int8_quantizes_only_linears_and_keeps_outputs_close():
     assert torch.equal(conv.weight, conv_weight)
 
 
+def test_int8_linears_keep_no_dequantised_weight_for_backward_and_give_the_same_gradients():
+    """Backward needs only grad @ W of a frozen W: the step must not hold a full-precision copy of the base."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    quantized = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(3)]).requires_grad_(False)
+    quantize_linears(quantized, "int8", torch.device("cpu"))
+    # the same weights in plain fp32: what the quantised layers compute with
+    plain = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(3)]).requires_grad_(False)
+    for q, p in zip(quantized, plain, strict=True):
+        p.weight.copy_(q.weight.dequantize())
+        p.bias.copy_(q.bias)
+    grads, saved = [], []
+    for model in (quantized, plain):
+        torch.manual_seed(1)
+        model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["0", "1", "2"], init_lora_weights="gaussian"),
+                                        model)
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+        sizes: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t, sizes=sizes: (sizes.append(t.numel() * t.element_size()), t)[1], lambda t: t):
+            out = model(torch.randn(4, 256, generator=torch.Generator().manual_seed(2)))
+        out.square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        saved.append(sum(sizes))
+    weight_bytes = 256 * 256 * 4
+    # quantised: nothing of the weights (through torchao's dispatch it kept a dequantised copy of each);
+    # unquantised: references to the weights themselves (no copies)
+    assert saved[0] < weight_bytes < saved[1]
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 6
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+
+
 def _keys(path):
     with safe_open(str(path), "pt") as f:
         return sorted(f.keys())

@@ -119,6 +119,27 @@ def _tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size() + extra
 
 
+class _FrozenQuantizedLinear(torch.autograd.Function):
+    """``x @ W.T + b`` for a frozen quantised ``W`` that keeps nothing for backward but the module.
+
+    Through torchao's own dispatch, autograd saved the *dequantised* weight of every Linear for the
+    backward pass, so a training step held a full-precision copy of the whole frozen base at its peak
+    (measured: 48 MB saved per 3 int8 2048² layers, as much as unquantised; at real size on CPU the int8
+    run's peak RSS was 1.4 GiB *above* the unquantised one). The weight never trains, so backward needs
+    only ``grad @ W``: dequantised again there, one layer at a time (what bitsandbytes' 4-bit matmul does).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
+        ctx.module, ctx.dtype = module, x.dtype
+        return torch.nn.functional.linear(x, module.weight.dequantize(), module.bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        weight = ctx.module.weight.dequantize().to(grad.dtype)
+        return (grad @ weight).to(ctx.dtype), None
+
+
 def _torchao(config_name: str) -> Callable[[torch.nn.Module, torch.device], None]:
     def quantize(model: torch.nn.Module, device: torch.device) -> None:
         quantization = _import_quiet("torchao.quantization")
@@ -127,7 +148,16 @@ def _torchao(config_name: str) -> Callable[[torch.nn.Module, torch.device], None
         model.to(device)
         quantization.quantize_(model, getattr(quantization, config_name)(),
                                filter_fn=lambda m, _: type(m) is torch.nn.Linear)
+        for module in model.modules():
+            if type(module) is torch.nn.Linear:
+                module.forward = _frozen_forward(module)  # type: ignore[method-assign,assignment]
     return quantize
+
+
+def _frozen_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _FrozenQuantizedLinear.apply(x, module)
+    return forward
 
 
 def _bnb_nf4(model: torch.nn.Module, device: torch.device) -> None:
