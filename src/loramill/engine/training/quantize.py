@@ -143,11 +143,13 @@ class _FrozenQuantizedLinear(torch.autograd.Function):
 def _torchao(config_name: str) -> Callable[[torch.nn.Module, torch.device], None]:
     def quantize(model: torch.nn.Module, device: torch.device) -> None:
         quantization = _import_quiet("torchao.quantization")
-        # torchao quantises each Linear where its weight lives; quantising on the accelerator keeps the
-        # host from holding two copies of a 12B model, and only Linears are touched (convs, norms stay).
-        model.to(device)
+        # Each Linear moves to the accelerator and is quantised there one at a time (``device=``), so the
+        # accelerator never holds the full-precision model (FLUX's transformer is 23.8 GB in bf16: moved
+        # whole first, it would not fit the 24 GB card int8 is for); only Linears are touched (convs, norms
+        # stay) and follow with the rest.
         quantization.quantize_(model, getattr(quantization, config_name)(),
-                               filter_fn=lambda m, _: type(m) is torch.nn.Linear)
+                               filter_fn=lambda m, _: type(m) is torch.nn.Linear, device=device)
+        model.to(device)
         for module in model.modules():
             if type(module) is torch.nn.Linear:
                 module.forward = _frozen_forward(module)  # type: ignore[method-assign,assignment]
