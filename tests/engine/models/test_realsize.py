@@ -1,4 +1,4 @@
-"""The real-size random models have the published parameter counts (built on the meta device: no memory)."""
+"""The real-size random models have the real ones' parameter counts (built on the meta device: no memory)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import torch
 
 from loramill.engine.models.realsize import build_real_size
 
-# Millions of parameters per component: SD 1.5's published counts (UNet 859.5M, CLIP-L 123.1M, VAE 83.7M), and
-# Würstchen v2's as diffusers' conversion script builds warp-ai/wuerstchen and warp-ai/wuerstchen-prior.
+# Millions of parameters per component: Würstchen v2's as diffusers' conversion script builds warp-ai/wuerstchen
+# and warp-ai/wuerstchen-prior. (SD 1.5, SDXL and FLUX.1 are built on the meta device by the GPU check's dry run.)
 PUBLISHED = {
-    "sd15": {"unet": 859.5, "text_encoder": 123.1, "vae": 83.7},
     "wuerstchen": {"prior_prior": 993.6, "decoder": 1055.4, "vqgan": 18.4, "prior_text_encoder": 693.0,
                    "text_encoder": 353.0},
 }
