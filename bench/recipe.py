@@ -124,14 +124,18 @@ def adherence(pipe: Any, family: Any, plan: Plan) -> float:
     return hits / total
 
 
-def measure(pipe: Any, family_name: str, lora: Path | None, plan: Plan) -> dict[str, float]:
-    """Fidelity of A and B, bleed, and base adherence with ``lora`` (None: the base model)."""
+def measure(pipe: Any, family_name: str, lora: Path | list[Path] | None, plan: Plan) -> dict[str, float]:
+    """Fidelity of A and B, bleed, and base adherence with ``lora`` (None: the base model; a list: those
+    LoRAs composed, each at weight 1)."""
     from loramill.engine.families import get_family
     from loramill.engine.reference.scorer import score
 
     family = get_family(family_name)
-    if lora is not None:
-        pipe.load_lora_weights(str(lora), adapter_name="bench")
+    loras = [] if lora is None else lora if isinstance(lora, list) else [lora]
+    for i, path in enumerate(loras):
+        pipe.load_lora_weights(str(path), adapter_name=f"bench{i}")
+    if len(loras) > 1:
+        pipe.set_adapters([f"bench{i}" for i in range(len(loras))], [1.0] * len(loras))
     try:
         scored = {}
         for concept in ("A", "B"):
@@ -148,7 +152,7 @@ def measure(pipe: Any, family_name: str, lora: Path | None, plan: Plan) -> dict[
             "adherence": adherence(pipe, family, plan),
         }
     finally:
-        if lora is not None:
+        if loras:
             pipe.unload_lora_weights()
 
 
@@ -227,6 +231,9 @@ def run_family(family: str, model: Path, root: Path, plan: Plan, only: list[str]
     measured = {"base": measure(pipe, family, None, plan)}
     for name, path in loras.items():
         measured[name] = measure(pipe, family, path, plan)
+    # Multi-concept the other way: A's and B's LoRAs, each trained alone, composed at generation.
+    if "A" in loras and "B" in loras:
+        measured["A and B composed"] = measure(pipe, family, [loras["A"], loras["B"]], plan)
     return {"metrics": measured, "train_seconds": seconds}
 
 
@@ -249,7 +256,9 @@ def verdicts(family: str, m: dict[str, dict[str, float]]) -> list[Result]:
         out.append(Result(f"{family}: {name}", "A kept / B vs alone / adherence vs base", a["fidelity_A"],
                           r["fidelity_A"], keep_a, "≥0.9 / ≥0.9 / ≥0.95", met, COMMAND,
                           details={**r, "keep_A": keep_a, "keep_B": keep_b, "keep_adherence": keep_base}))
-    for name in ("A+B one run", "A+B one run, dropout, same epochs"):
+    for name in ("A+B one run", "A+B one run, dropout, same epochs", "A and B composed"):
+        if name not in m:
+            continue
         two = m[name]
         bleed = max(two["bleed_A_blue"], two["bleed_B_purple"])
         # The control: how often each concept's own LoRA, trained alone, draws its prompts in the other's
