@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # build. GPU users: `make TORCH_SPEC=torch ...` (or install their CUDA torch into .venv first).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Two pytest processes (tests/conftest.py keeps every module that touches a real service in one of them):
+# the service tests mostly wait, and the second core sat idle beside them. PYTEST_PARALLEL= runs one process.
+PYTEST_PARALLEL ?= -n 2 --dist loadscope
 # Intra-op threads for torch in the demo and the tests. The tiny models run thousands of small ops a
 # step; when the two cores are shared (worker subprocesses beside the test process, services), OpenMP's
 # spinning threads made a 20-step run take 11–27 s instead of 1.4 s with one thread (measured here).
@@ -35,7 +38,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(TORCH_THREADS) $(PY) scripts/demo.py
 
 test: $(STAMP) services
-	OMP_NUM_THREADS=$(TORCH_THREADS) LORAMILL_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) LORAMILL_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # long fault, soak and load runs of tests/reliability (issue 7); figures land in docs/reliability.md
 soak: $(STAMP) services
