@@ -163,7 +163,7 @@ def train_loop(name: str, stage: Stage, seed: int, workdir: Path, modules: dict[
             started = time.monotonic()
             save_checkpoint(path, modules, optimizer, ema, progress)
         if evaluate is not None and stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
-            with swapped(named, ema), evaluating(modules):
+            with evaluating(modules, named, ema):
                 progress.setdefault("evals", []).append({"step": step, **evaluate()})
             print(f"{name} eval at {step}: {progress['evals'][-1]}", flush=True)
             save_checkpoint(path, modules, optimizer, ema, progress)
@@ -176,11 +176,13 @@ def train_loop(name: str, stage: Stage, seed: int, workdir: Path, modules: dict[
     return progress
 
 
-class swapped:
-    """Evaluate with the EMA weights, then put the training weights back."""
+class evaluating:
+    """An evaluation's model: the EMA weights in eval mode (no dropout); the training weights and training mode
+    come back after it."""
 
-    def __init__(self, named: dict[str, torch.nn.Parameter], ema: dict[str, torch.Tensor] | None):
-        self.named, self.ema, self.saved = named, ema, {}
+    def __init__(self, modules: dict[str, torch.nn.Module], named: dict[str, torch.nn.Parameter],
+                 ema: dict[str, torch.Tensor] | None):
+        self.modules, self.named, self.ema, self.saved = modules, named, ema, {}
 
     def __enter__(self) -> None:
         if self.ema is not None:
@@ -188,25 +190,14 @@ class swapped:
                 for k, p in self.named.items():
                     self.saved[k] = p.detach().clone()
                     p.copy_(self.ema[k])
+        for m in self.modules.values():
+            m.eval()
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
             for k, p in self.named.items():
                 if k in self.saved:
                     p.copy_(self.saved[k])
-
-
-class evaluating:
-    """The trained modules in eval mode for an evaluation (no dropout), back in training mode after it."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module]):
-        self.modules = modules
-
-    def __enter__(self) -> None:
-        for m in self.modules.values():
-            m.eval()
-
-    def __exit__(self, *exc: object) -> None:
         for m in self.modules.values():
             m.train()
 

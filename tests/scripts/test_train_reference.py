@@ -47,23 +47,29 @@ def test_training_resumes_from_its_checkpoint_exactly(tmp_path):
 
 
 
-def test_evaluations_run_in_eval_mode_and_training_resumes_in_training_mode(tmp_path):
+def test_evaluations_run_the_ema_weights_in_eval_mode_and_training_resumes_as_it_was(tmp_path):
     # A module left in training mode evaluates with its dropout on (FLUX.1's T5 did) or its batch statistics.
     script = _script()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
     stage = script.Stage(steps=6, batch=4, lr=1e-2, log_every=2, checkpoint_every=2, eval_every=2)
-    modes = []
+    modes, weights = [], []
 
     def loss_fn(gen: torch.Generator, step: int) -> torch.Tensor:
         modes.append(model.training)
+        weights.append(("step", model[0].weight.detach().clone()))
         x = torch.randn(stage.batch, 4, generator=gen)
         return ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
 
     def evaluate() -> dict[str, float]:
         modes.append(model.training)
+        weights.append(("eval", model[0].weight.detach().clone()))
         return {"adherence": 1.0}
 
     progress = script.train_loop("toy", stage, 3, tmp_path, {"toy": model}, loss_fn, evaluate, ema_decay=0.9)
     assert [e["step"] for e in progress["evals"]] == [2, 4]  # the end has its own, whole evaluation
     assert modes == [True, True, False, True, True, False, True, True] and not model.training
+    # An evaluation sees the EMA weights, and the step after it the training weights again (not the EMA's).
+    for i, (kind, w) in enumerate(weights):
+        if kind == "eval":
+            assert weights[i + 1][0] == "step" and not torch.allclose(w, weights[i + 1][1])
