@@ -73,3 +73,15 @@ def test_evaluations_run_the_ema_weights_in_eval_mode_and_training_resumes_as_it
     for i, (kind, w) in enumerate(weights):
         if kind == "eval":
             assert weights[i + 1][0] == "step" and not torch.allclose(w, weights[i + 1][1])
+
+
+def test_an_extended_stage_restarts_its_cosine_at_each_horizon_as_the_extended_run_did():
+    script = _script()
+    short = script.Stage(steps=1000, batch=1, lr=1.0)
+    extended = script.Stage(steps=3000, batch=1, lr=1.0, horizons=(1000,))
+    longer = script.Stage(steps=3000, batch=1, lr=1.0)
+    # Up to the horizon the learning rates are the short run's, after it the longer run's: the same steps.
+    assert all(script.lr_at(extended, s) == script.lr_at(short, s) for s in range(0, 1000, 7))
+    assert all(script.lr_at(extended, s) == script.lr_at(longer, s) for s in range(1000, 3000, 7))
+    assert script.lr_at(short, 999) < 0.11 and script.lr_at(extended, 1000) > 0.7  # the warm restart
+    assert script.lr_at(extended, 2999) < 0.11
