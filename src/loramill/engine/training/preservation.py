@@ -54,7 +54,7 @@ def generate_class_images(family: Any, pipe: Any, prompt: str, count: int, out_d
         if not path.exists():
             kwargs = family.generation_kwargs(prompt=prompt, negative_prompt="", steps=steps or family.DEFAULT_STEPS,
                                               guidance=family.DEFAULT_GUIDANCE, width=side, height=side, num_images=1,
-                                              generator=torch.Generator().manual_seed(seed * 10_007 + i))
+                                              generator=torch.Generator().manual_seed(seed * 10_007 + i), pipe=pipe)
             image = pipe(**kwargs).images[0]
             tmp = path.with_suffix(".tmp.png")
             image.save(tmp)
