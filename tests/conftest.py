@@ -10,6 +10,7 @@ worker subprocesses.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections import Counter
 from functools import cache
@@ -29,12 +30,23 @@ pytest_plugins = [
 
 SERVICES = "services"
 TESTS = Path(__file__).parent
+
+
+def service_fixtures() -> list[str]:
+    """The fixtures the service plugins above define (every one but the models' starts a real service)."""
+    names = []
+    for plugin in pytest_plugins:
+        if plugin != "tests.services.models":
+            tree = ast.parse((TESTS.parent / (plugin.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+            names += [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                      and any("fixture" in ast.unparse(d) for d in node.decorator_list)]
+    return names
+
+
 # A module belongs with the services when it, or a conftest.py above it, names a fixture that starts one (or
 # the services mark). Its text, not its fixture closure: the scheduler sees node ids only, and some tests ask
 # for a service by name at run time (request.getfixturevalue).
-NAMES_A_SERVICE = re.compile(r"\b(postgres_url|postgres_database|s3_endpoint|s3_env|tansu_factory|kafka_broker|"
-                             r"kafka_bootstrap|tansu_s3_storage|rabbitmq_node|rabbitmq_url|chromium_path|"
-                             r"browser_page)\b|pytest\.mark\.services")
+NAMES_A_SERVICE = re.compile(rf"\b({'|'.join(service_fixtures())})\b|pytest\.mark\.services")
 
 
 @cache
